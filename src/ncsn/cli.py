@@ -1,0 +1,48 @@
+"""Command-line interface: a thin shell over the library.
+
+Each sub-command lives in its own module under ``ncsn.commands`` exposing
+``add_parser(subparsers)``, which registers the sub-command and sets ``func``
+(called with the parsed namespace, returning an exit code). Errors a user can
+fix (bad config, missing data, unsafe checkpoint, ...) are raised as
+:class:`ncsn.errors.UserError` and reported as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ncsn.errors import UserError
+
+COMMANDS = ["toy", "train", "sample", "inpaint", "eval", "train_classifier"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ncsn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"ncsn.commands.{name}")
+        except ModuleNotFoundError as err:  # a command not built yet
+            if err.name == f"ncsn.commands.{name}":
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"ncsn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ncsn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

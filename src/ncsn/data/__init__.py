@@ -1,0 +1,1 @@
+"""Datasets: 2-D toy distributions and image datasets."""

@@ -1,0 +1,1 @@
+"""Model zoo: score networks for 2-D data and images, energy networks."""
