@@ -1,0 +1,371 @@
+"""The NCSN training loop: Adam on the multi-scale objective, EMA weights, checkpoints.
+
+Everything random in step ``k`` (which images, their dequantisation and flips, each
+sample's noise level and noise) is drawn from a generator seeded by ``(seed, k)`` for
+the *global* batch, and each rank takes its slice. Hence:
+
+* ``--resume`` continues exactly: the weights after an interrupted-and-resumed run
+  equal those of an uninterrupted run (bit for bit on CPU);
+* ``torchrun`` with W processes computes the same global batch as one process, and
+  DistributedDataParallel averages the W equal-sized slices' gradients, which is the
+  gradient of the global-batch mean: the same run on any world size.
+
+Song & Ermon (2019), "Generative Modeling by Estimating Gradients of the Data
+Distribution"; EMA of the weights from Song & Ermon (2020), "Improved Techniques for
+Training Score-Based Generative Models".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ncsn import checkpoint as ckpt
+from ncsn import distributed
+from ncsn.config import dump_config
+from ncsn.errors import DivergenceError, UserError
+from ncsn.losses import ncsn_loss
+from ncsn.sigmas import geometric
+
+CHECKPOINT_VERSION = 1
+
+
+def make_sigmas(config: dict) -> torch.Tensor:
+    """The L noise levels: geometric from ``model.sigma_begin`` down to ``model.sigma_end``."""
+    m = config["model"]
+    return geometric(m["sigma_begin"], m["sigma_end"], m["num_classes"])
+
+
+def build_score_model(config: dict) -> nn.Module:
+    """The noise-conditional RefineNet described by ``config`` (data and model sections)."""
+    from ncsn.models.refinenet import RefineNet
+
+    return RefineNet(
+        channels=config["data"]["channels"],
+        ngf=config["model"]["ngf"],
+        sigmas=make_sigmas(config),
+        scale_by_sigma=config["model"]["scale_by_sigma"],
+    )
+
+
+def load_training_data(config: dict, progress: bool = True):
+    """The training split named by ``data.dataset``, checked against ``data.channels``/``image_size``."""
+    from ncsn.data.images import get_dataset
+
+    d = config["data"]
+    kwargs = dict(root=d["root"], train=True, image_size=d["image_size"], download=d["download"], progress=progress)
+    if d["dataset"] == "folder":
+        kwargs["channels"] = d["channels"]
+    dataset = get_dataset(d["dataset"], **kwargs)
+    if dataset.channels != d["channels"] or dataset.image_size != d["image_size"]:
+        raise UserError(
+            f"dataset {d['dataset']} gives {dataset.channels}x{dataset.image_size}x{dataset.image_size} images "
+            f"but the config says data.channels={d['channels']}, data.image_size={d['image_size']}"
+        )
+    return dataset
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """The generator for everything random in training step ``step`` (same on every rank)."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
+    return gen
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The data order of ``epoch``: a permutation seeded by ``(seed, epoch)``."""
+    gen = torch.Generator().manual_seed((seed * 7_919 + epoch) % (2**63 - 1))
+    return torch.randperm(n, generator=gen)
+
+
+def global_batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Indices of step ``step``'s global batch: epochs of ``n // batch_size`` full batches."""
+    per_epoch = max(1, n // batch_size)
+    epoch, offset = divmod(step, per_epoch)
+    perm = epoch_permutation(n, seed, epoch)
+    if batch_size > n:  # tiny datasets: wrap around
+        perm = perm.repeat(math.ceil(batch_size / n))
+    return perm[offset * batch_size : offset * batch_size + batch_size]
+
+
+@dataclass
+class StepDraws:
+    """The random draws of one step for this rank's slice of the global batch."""
+
+    indices: torch.Tensor
+    levels: torch.Tensor
+    noise: torch.Tensor
+    dequant: torch.Tensor | None
+    flip: torch.Tensor | None
+
+
+def draw_step(config: dict, n_data: int, shape: tuple[int, int, int], step: int,
+              ctx: distributed.Context) -> StepDraws:
+    """Draw step ``step``'s randomness for the global batch and keep this rank's slice."""
+    t, d = config["training"], config["data"]
+    batch = t["batch_size"]
+    gen = step_generator(t["seed"], step, ctx.device)
+    levels = torch.randint(0, config["model"]["num_classes"], (batch,), generator=gen, device=ctx.device)
+    noise = torch.randn((batch, *shape), generator=gen, device=ctx.device)
+    dequant = torch.rand((batch, *shape), generator=gen, device=ctx.device) if d["dequantize"] else None
+    flip = torch.rand((batch,), generator=gen, device=ctx.device) < 0.5 if d["random_flip"] else None
+    per_rank = batch // ctx.world_size
+    part = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
+    indices = global_batch_indices(n_data, batch, t["seed"], step)
+    return StepDraws(
+        indices=indices[part],
+        levels=levels[part],
+        noise=noise[part],
+        dequant=None if dequant is None else dequant[part],
+        flip=None if flip is None else flip[part],
+    )
+
+
+def prepare_batch(images: torch.Tensor, draws: StepDraws, n_levels: int, logit: bool) -> torch.Tensor:
+    """Uniform dequantisation, horizontal flips and the optional logit transform.
+
+    Dequantisation maps a pixel with value ``v / (K - 1)`` (``K`` grey levels) to
+    ``(v + u) / K`` with ``u ~ U[0, 1)`` (Theis et al. 2016; the NCSN code's
+    ``x * 255/256 + u/256`` for K = 256).
+    """
+    x = images
+    if draws.dequant is not None:
+        x = (x * (n_levels - 1) + draws.dequant) / n_levels
+    if draws.flip is not None:
+        x = torch.where(draws.flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    if logit:
+        from ncsn.data.transforms import logit_transform
+
+        x = logit_transform(x)
+    return x
+
+
+def update_ema(ema: nn.Module, model: nn.Module, rate: float) -> None:
+    """theta_ema <- rate * theta_ema + (1 - rate) * theta (NCSNv2, Technique 5); buffers copied."""
+    with torch.no_grad():
+        for p_ema, p in zip(ema.parameters(), model.parameters()):
+            p_ema.lerp_(p.detach(), 1.0 - rate)
+        for b_ema, b in zip(ema.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+class _StopSignals:
+    """Turn SIGINT/SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, _frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _autocast(config: dict, device: torch.device):
+    amp = config["training"]["amp"]
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows written after ``step`` (they belong to work lost since that checkpoint)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows(kept)
+
+
+LOG_FIELDS = ["step", "loss", "lr", "steps_per_s", "elapsed_s"]
+
+
+def train(config: dict, workdir: str | Path, resume: bool = False, device: str = "auto",
+          max_steps: int | None = None, progress: bool = True) -> dict:
+    """Train the score network of ``config`` in ``workdir``; returns a summary dict.
+
+    ``max_steps`` stops after that many steps of *this call* (a checkpoint is saved),
+    which tests use to simulate an interruption. Raises :class:`DivergenceError` on a
+    non-finite or exploding loss, keeping the last good checkpoint.
+    """
+    from ncsn.device import resolve_device
+
+    ctx = distributed.setup(resolve_device(device))
+    try:
+        return _train(config, Path(workdir), resume, ctx, max_steps, progress)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,
+           max_steps: int | None, progress: bool) -> dict:
+    from tqdm.auto import tqdm
+
+    t = config["training"]
+    if t["batch_size"] % ctx.world_size:
+        raise UserError(f"training.batch_size={t['batch_size']} must be divisible by the {ctx.world_size} processes")
+    existing = ckpt.list_checkpoints(workdir)
+    if existing and not resume:
+        raise UserError(f"{workdir} already holds checkpoints: pass --resume to continue, or choose another --workdir")
+
+    dataset = load_training_data(config, progress=progress and ctx.is_main)
+    shape = (dataset.channels, dataset.image_size, dataset.image_size)
+
+    torch.manual_seed(t["seed"])
+    model = build_score_model(config).to(ctx.device)
+    if t["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    o = config["optim"]
+    optimizer = torch.optim.Adam(model.parameters(), lr=o["lr"], betas=(o["beta1"], 0.999), eps=o["eps"],
+                                 weight_decay=o["weight_decay"], amsgrad=o["amsgrad"])
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=t["amp"] == "fp16")
+
+    start = 0
+    if resume and existing:
+        state = ckpt.load_checkpoint(existing[-1][1], map_location=ctx.device)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        start = int(state["step"])
+    sigmas = make_sigmas(config).to(ctx.device)
+
+    net = model
+    if ctx.distributed:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    if t["compile"]:
+        net = torch.compile(net)
+
+    log_path = workdir / "log.csv"
+    if ctx.is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        dump_config(config, workdir / "config.yaml")
+        _truncate_log(log_path, start)
+        if not log_path.exists():
+            with open(log_path, "w", newline="") as handle:
+                csv.writer(handle).writerow(LOG_FIELDS)
+
+    def snapshot(step: int) -> Path | None:
+        if not ctx.is_main:
+            return None
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "step": step,
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "config": config,
+            "sigmas": sigmas.cpu(),
+            "world_size": ctx.world_size,
+        }
+        return ckpt.save_checkpoint(workdir, step, state, keep=t["keep_checkpoints"])
+
+    end = t["n_iters"] if max_steps is None else min(t["n_iters"], start + max_steps)
+    bar = tqdm(total=t["n_iters"], initial=start, disable=not (progress and ctx.is_main),
+               desc="train", unit="step", dynamic_ncols=True)
+    running = None
+    last_saved = existing[-1][0] if (resume and existing) else None
+    began, status = time.perf_counter(), "finished"
+    step = start
+    with _StopSignals() as stop, open(log_path, "a", newline="") if ctx.is_main else contextlib.nullcontext() as log:
+        writer = csv.writer(log) if ctx.is_main else None
+        while step < end:
+            draws = draw_step(config, len(dataset), shape, step, ctx)
+            images = dataset.get_batch(draws.indices).to(ctx.device, non_blocking=True)
+            x = prepare_batch(images, draws, dataset.n_levels, config["data"]["logit_transform"])
+            if t["channels_last"]:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(config, ctx.device):
+                loss = ncsn_loss(net, x, sigmas, levels=draws.levels, noise=draws.noise)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if o["grad_clip"] > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), o["grad_clip"])
+            scaler.step(optimizer)
+            scaler.update()
+            if config["model"]["ema"]:
+                update_ema(ema, model, config["model"]["ema_rate"])
+            else:
+                ema.load_state_dict(model.state_dict())
+            step += 1
+
+            value = loss.detach().float()
+            if ctx.distributed:
+                torch.distributed.all_reduce(value)
+                value /= ctx.world_size
+            value = float(value.item())
+            exploding = running is not None and step - start > 20 and value > t["divergence_factor"] * running
+            if not math.isfinite(value) or exploding:
+                kept = f"the last good checkpoint is step {last_saved}" if last_saved is not None else "no checkpoint was saved"
+                raise DivergenceError(
+                    f"training diverged at step {step}: loss {value:.4g}"
+                    f"{'' if running is None else f' (running mean {running:.4g})'}; {kept}; "
+                    f"try a lower optim.lr or optim.grad_clip"
+                )
+            running = value if running is None else 0.98 * running + 0.02 * value
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}")
+            if ctx.is_main and (step % t["log_freq"] == 0 or step == end):
+                elapsed = time.perf_counter() - began
+                writer.writerow([step, f"{value:.6f}", optimizer.param_groups[0]["lr"],
+                                 f"{(step - start) / max(elapsed, 1e-9):.3f}", f"{elapsed:.1f}"])
+                log.flush()
+            if t["sample_freq"] and step % t["sample_freq"] == 0 and ctx.is_main:
+                _sample_grid(config, ema, sigmas, workdir / "samples" / f"step_{step:07d}.png")
+            interrupted = distributed.any_flag(ctx, stop.received is not None)
+            if step % t["snapshot_freq"] == 0 or step == end or interrupted:
+                snapshot(step)
+                last_saved = step
+            if interrupted:
+                status = "interrupted"
+                break
+    bar.close()
+    if last_saved != step:
+        snapshot(step)
+    signum = stop.received
+    return {
+        "status": status,
+        "step": step,
+        "loss": running,
+        "signal": signum,
+        "seconds": time.perf_counter() - began,
+    }
+
+
+@torch.no_grad()
+def _sample_grid(config: dict, ema: nn.Module, sigmas: torch.Tensor, path: Path) -> None:
+    """A grid of ``training.sample_n`` samples from the EMA weights (fixed seed)."""
+    from ncsn.plotting import save_image_grid
+    from ncsn.generate import generate
+
+    images = generate(ema, config, n=config["training"]["sample_n"], seed=0, progress=False)
+    save_image_grid(images, path)

@@ -1,0 +1,70 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from ncsn import checkpoint as ckpt
+from ncsn.errors import UserError
+
+
+def test_rotation_keeps_last_k_and_resolves_newest(tmp_path):
+    for step in [1, 2, 3, 4, 5]:
+        ckpt.save_checkpoint(tmp_path, step, {"step": step, "w": torch.full((2,), float(step))}, keep=2)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [4, 5]
+    state = ckpt.load_checkpoint(tmp_path)
+    assert state["step"] == 5 and torch.equal(state["w"], torch.full((2,), 5.0))
+
+
+def test_crash_mid_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
+    ckpt.save_checkpoint(tmp_path, 1, {"step": 1, "w": torch.ones(3)})
+    before = (ckpt.checkpoint_dir(tmp_path) / "checkpoint_1.pt").read_bytes()
+
+    def crashing_save(obj, handle):
+        handle.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crashing_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_checkpoint(tmp_path, 2, {"step": 2, "w": torch.zeros(3)})
+    files = sorted(p.name for p in ckpt.checkpoint_dir(tmp_path).iterdir())
+    assert files == ["checkpoint_1.pt"]  # no partial file, no temp file
+    assert (ckpt.checkpoint_dir(tmp_path) / "checkpoint_1.pt").read_bytes() == before
+    monkeypatch.undo()
+    assert ckpt.load_checkpoint(tmp_path)["step"] == 1
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_pickle_is_refused_without_running_code(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "checkpoints" / "checkpoint_7.pt"
+    path.parent.mkdir()
+    with open(path, "wb") as handle:
+        pickle.dump({"step": 7, "model": _Payload(marker)}, handle, protocol=2)
+    with pytest.raises(UserError, match="refusing to load"):
+        ckpt.load_checkpoint(tmp_path)
+    assert not marker.exists()
+    # the same payload inside a torch.save archive (what a tampered checkpoint looks like)
+    torch.save({"step": 8, "model": _Payload(marker)}, path.parent / "checkpoint_8.pt")
+    with pytest.raises(UserError, match="refusing to load"):
+        ckpt.load_checkpoint(tmp_path)
+    assert not marker.exists()
+
+
+def test_corrupt_and_missing_checkpoints_are_clear_errors(tmp_path):
+    good = ckpt.save_atomic({"w": torch.ones(1000)}, tmp_path / "good.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(good.read_bytes()[:300])  # truncated
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        ckpt.load_checkpoint(bad)
+    with pytest.raises(UserError, match="not found"):
+        ckpt.load_checkpoint(tmp_path / "nope")
+    with pytest.raises(UserError, match="no checkpoint found"):
+        ckpt.load_checkpoint(tmp_path)
