@@ -1,0 +1,133 @@
+"""The training loop: exact resume, interruption, divergence, and the CLI on tiny budgets."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from ncsn import checkpoint as ckpt
+from ncsn.cli import main
+from ncsn.config import load_config
+from ncsn.errors import DivergenceError
+from ncsn.train import global_batch_indices, train
+
+TINY = [
+    "training.batch_size=16", "training.n_iters=6", "training.snapshot_freq=3", "training.log_freq=1",
+    "model.ngf=8", "model.num_classes=4", "model.sigma_begin=2.0", "model.sigma_end=0.05",
+    "sampling.n_steps_each=3", "sampling.batch_size=16",
+]
+
+
+def tiny_config(*extra):
+    return load_config("configs/digits.yaml", TINY + list(extra))
+
+
+def final_weights(workdir):
+    return ckpt.load_checkpoint(workdir)
+
+
+def assert_same_state(a, b):
+    for part in ["model", "ema"]:
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
+
+
+def test_resume_after_interruption_is_bit_exact(tmp_path):
+    config = tiny_config()
+    train(config, tmp_path / "straight", progress=False)
+    first = train(config, tmp_path / "split", max_steps=4, progress=False)  # stops mid-run, after a snapshot at 3
+    assert first["step"] == 4
+    second = train(config, tmp_path / "split", resume=True, progress=False)
+    assert second["step"] == 6
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "split")
+    assert a["step"] == b["step"] == 6
+    assert_same_state(a, b)
+    opt_a, opt_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(torch.equal(opt_a[k]["exp_avg"], opt_b[k]["exp_avg"]) for k in opt_a)
+
+
+def test_refuses_to_overwrite_a_run_without_resume(tmp_path):
+    config = tiny_config("training.n_iters=1")
+    train(config, tmp_path, progress=False)
+    with pytest.raises(Exception, match="--resume"):
+        train(config, tmp_path, progress=False)
+
+
+def test_sigint_saves_a_checkpoint_and_resume_matches(tmp_path, monkeypatch):
+    import ncsn.train as train_module
+
+    config = tiny_config()
+    train(config, tmp_path / "straight", progress=False)
+    real_loss, calls = train_module.ncsn_loss, {"n": 0}
+
+    def loss_then_interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "ncsn_loss", loss_then_interrupt)
+    summary = train(config, tmp_path / "split", progress=False)
+    assert summary["status"] == "interrupted" and summary["step"] == 2 and summary["signal"] == signal.SIGINT
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "split")] == [2]
+    monkeypatch.setattr(train_module, "ncsn_loss", real_loss)
+    train(config, tmp_path / "split", resume=True, progress=False)
+    assert_same_state(final_weights(tmp_path / "straight"), final_weights(tmp_path / "split"))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    import ncsn.train as train_module
+
+    config = tiny_config("training.n_iters=8")
+    real_loss, calls = train_module.ncsn_loss, {"n": 0}
+
+    def diverging(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(train_module, "ncsn_loss", diverging)
+    with pytest.raises(DivergenceError, match=r"diverged at step 5.*last good checkpoint is step 3"):
+        train(config, tmp_path, progress=False)
+    found = ckpt.list_checkpoints(tmp_path)
+    assert [s for s, _ in found] == [3]
+    state = ckpt.load_checkpoint(tmp_path)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_batches_cover_each_epoch_once():
+    seen = torch.cat([global_batch_indices(100, 10, seed=3, step=s) for s in range(10)])
+    assert sorted(seen.tolist()) == list(range(100))
+    nxt = torch.cat([global_batch_indices(100, 10, seed=3, step=s) for s in range(10, 20)])
+    assert not torch.equal(seen, nxt)  # a fresh order each epoch
+
+
+def test_cli_train_sample_inpaint_on_a_tiny_budget(tmp_path, capsys):
+    run = tmp_path / "run"
+    sets = [a for s in TINY for a in ("--set", s)]
+    assert main(["train", "configs/digits.yaml", "--workdir", str(run), "--no-progress", *sets]) == 0
+    assert (run / "log.csv").read_text().count("\n") == 7  # header + a row per step
+    assert (run / "config.yaml").exists()
+    out, npz, strip = tmp_path / "grid.png", tmp_path / "s.npz", tmp_path / "strip.png"
+    assert main(["sample", str(run), "--n", "10", "--out", str(out), "--npz", str(npz), "--strip", str(strip),
+                 "--strip-n", "3", "--batch-size", "4", "--no-progress"]) == 0
+    samples = np.load(npz)["samples"]
+    assert samples.shape == (10, 1, 8, 8) and samples.dtype == np.float32
+    assert samples.min() >= 0.0 and samples.max() <= 1.0
+    assert out.stat().st_size > 0 and strip.stat().st_size > 0
+    # same seed, same samples; another seed differs
+    again = tmp_path / "again.npz"
+    main(["sample", str(run), "--n", "10", "--out", str(out), "--npz", str(again), "--batch-size", "4", "--no-progress"])
+    assert np.array_equal(np.load(again)["samples"], samples)
+    main(["sample", str(run), "--n", "10", "--seed", "1", "--out", str(out), "--npz", str(again), "--no-progress"])
+    assert not np.array_equal(np.load(again)["samples"], samples)
+    paint = tmp_path / "paint.png"
+    assert main(["inpaint", str(run), "--n-images", "2", "--completions", "2", "--mask", "right",
+                 "--out", str(paint), "--no-progress"]) == 0
+    assert paint.exists()
+    capsys.readouterr()
+    assert main(["sample", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "not found" in capsys.readouterr().err
