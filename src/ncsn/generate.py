@@ -60,32 +60,44 @@ def sampler_settings(config: dict) -> dict:
     }
 
 
+def batch_generator(seed: int, batch: int, device: torch.device) -> torch.Generator:
+    """The generator of sampler batch ``batch``: samples do not depend on how batches are spread over ranks."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + batch) % (2**63 - 1))
+
+
 @torch.no_grad()
 def generate(model: nn.Module, config: dict, n: int, seed: int = 0, progress: bool = True,
-             strip: int = 0, batch_size: int | None = None, device: torch.device | None = None):
+             strip: int = 0, batch_size: int | None = None, device: torch.device | None = None,
+             ctx=None):
     """Draw ``n`` samples ``(n, C, H, W)`` in [0, 1] on the CPU.
 
-    With ``strip > 0`` also returns the first ``strip`` samples at the end of every
-    noise level (NCSN Figure 4) as a list of ``(strip, C, H, W)`` tensors.
+    Batch ``b`` is seeded by ``(seed, b)``; under torchrun (``ctx`` from
+    :func:`ncsn.distributed.setup`) rank ``r`` draws the batches ``b = r (mod W)`` and
+    rank 0 gathers them in order, so the result is the same for any number of processes
+    (other ranks return ``None``). With ``strip > 0`` also returns the first ``strip``
+    samples at the end of every noise level (NCSN Figure 4) as a list of
+    ``(strip, C, H, W)`` tensors.
     """
     from tqdm.auto import tqdm
 
+    from ncsn import distributed
     from ncsn.train import make_sigmas
 
-    device = device or next(model.parameters()).device
+    ctx = ctx or distributed.Context(device=device or next(model.parameters()).device)
+    device = device or ctx.device
     d, s = config["data"], config["sampling"]
     shape = (d["channels"], d["image_size"], d["image_size"])
     sigmas = make_sigmas(config).to(device)
     batch_size = batch_size or s["batch_size"]
-    gen = torch.Generator(device=device).manual_seed(seed)
-    out, levels = [], []
     n_batches = max(1, -(-n // batch_size))
-    bar = tqdm(total=n_batches * len(sigmas), desc="sample", unit="level", disable=not progress, dynamic_ncols=True)
+    mine = list(range(ctx.rank, n_batches, ctx.world_size))
+    out, levels = [], []
+    bar = tqdm(total=len(mine) * len(sigmas), desc="sample", unit="level",
+               disable=not (progress and ctx.is_main), dynamic_ncols=True)
 
-    for b in range(n_batches):
+    for b in mine:
         size = min(batch_size, n - b * batch_size)
-        if size <= 0:
-            break
+        gen = batch_generator(seed, b, device)
         x = torch.rand((size, *shape), generator=gen, device=device)
         if d["logit_transform"]:
             from ncsn.data.transforms import logit_transform
@@ -101,9 +113,29 @@ def generate(model: nn.Module, config: dict, n: int, seed: int = 0, progress: bo
 
         x = annealed_langevin(model, x, sigmas, s["step_lr"], s["n_steps_each"], denoise=s["denoise"],
                               callback=callback, generator=gen)
-        out.append(_finish(x, config).cpu())
+        out.append(_finish(x, config))
     bar.close()
-    samples = torch.cat(out)[:n]
+    mine_tensor = torch.cat(out) if out else torch.zeros((0, *shape), device=device)
+    if ctx.distributed:
+        # rank r holds batches r, r+W, ...: gather, then restore batch order
+        gathered = distributed.gather_to_main(ctx, mine_tensor)
+        if not ctx.is_main:
+            return None
+        samples = _reorder(gathered, n, batch_size, ctx.world_size)
+    else:
+        samples = mine_tensor.cpu()
     if strip:
         return samples, levels
     return samples
+
+
+def _reorder(gathered: torch.Tensor, n: int, batch_size: int, world_size: int) -> torch.Tensor:
+    """Undo the round-robin layout of :func:`generate`'s batches over ranks."""
+    n_batches = max(1, -(-n // batch_size))
+    sizes = [min(batch_size, n - b * batch_size) for b in range(n_batches)]
+    chunks, offset = {}, 0
+    for rank in range(world_size):
+        for b in range(rank, n_batches, world_size):
+            chunks[b] = gathered[offset : offset + sizes[b]]
+            offset += sizes[b]
+    return torch.cat([chunks[b] for b in range(n_batches)])

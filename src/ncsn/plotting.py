@@ -46,7 +46,7 @@ def save_image_grid(images, path: str | Path, nrow: int | None = None, scale: in
     return path
 
 
-def save_strip(levels: list[torch.Tensor], sigmas, path: str | Path) -> Path:
+def save_strip(levels: list[torch.Tensor], path: str | Path) -> Path:
     """Intermediate samples at each noise level: one column per level, one row per sample.
 
     ``levels[i]`` holds ``(N, C, H, W)`` samples at the end of level ``i``.

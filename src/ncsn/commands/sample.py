@@ -41,6 +41,7 @@ def apply_sampling_overrides(config: dict, overrides: list[str]) -> dict:
 def run(args) -> int:
     import numpy as np
 
+    from ncsn import distributed
     from ncsn.device import resolve_device
     from ncsn.errors import UserError
     from ncsn.generate import generate, load_model_for_sampling
@@ -48,12 +49,17 @@ def run(args) -> int:
 
     if args.n < 1:
         raise UserError("--n must be at least 1")
-    device = resolve_device(args.device)
-    model, config, info = load_model_for_sampling(args.target, use_ema=not args.no_ema, device=device)
-    config = apply_sampling_overrides(config, args.overrides)
-    strip_n = min(args.strip_n, args.n) if args.strip else 0
-    result = generate(model, config, args.n, seed=args.seed, progress=not args.no_progress,
-                      strip=strip_n, batch_size=args.batch_size, device=device)
+    ctx = distributed.setup(resolve_device(args.device))
+    try:
+        model, config, info = load_model_for_sampling(args.target, use_ema=not args.no_ema, device=ctx.device)
+        config = apply_sampling_overrides(config, args.overrides)
+        strip_n = min(args.strip_n, args.n) if args.strip else 0
+        result = generate(model, config, args.n, seed=args.seed, progress=not args.no_progress,
+                          strip=strip_n, batch_size=args.batch_size, ctx=ctx)
+    finally:
+        distributed.teardown(ctx)
+    if result is None:  # not rank 0
+        return 0
     samples, levels = result if strip_n else (result, None)
     save_image_grid(samples, args.out)
     written = [args.out]
@@ -64,8 +70,8 @@ def run(args) -> int:
     if levels:
         if config["sampling"]["denoise"]:
             levels = levels + [samples[:strip_n]]
-        save_strip(levels, None, args.strip)
+        save_strip(levels, args.strip)
         written.append(args.strip)
     print(f"{args.n} samples from {info['checkpoint']} (step {info['step']}, "
-          f"{'EMA' if info['ema'] else 'raw'} weights) -> {', '.join(written)}")
+          f"{'EMA' if info['ema'] else 'raw'} weights, {ctx.world_size} process(es)) -> {', '.join(written)}")
     return 0

@@ -1,0 +1,165 @@
+"""`ncsn eval WORKDIR|CKPT --n N --metrics fid,is,pr,kid` (or `--fake samples.npz`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ncsn.errors import UserError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="FID, Inception Score, KID, precision/recall of samples",
+                              description="Sample a trained model (or read samples made elsewhere) and compare "
+                                          "them with the dataset's real images; prints a table, writes JSON.")
+    p.add_argument("target", nargs="?", help="a run directory (its newest checkpoint) or a checkpoint file")
+    p.add_argument("--fake", help="evaluate these samples instead: .npz with key 'samples', (N, C, H, W) in [0, 1]")
+    p.add_argument("--dataset", help="reference dataset for --fake (default: the run's dataset, else digits)")
+    p.add_argument("--data-root", help="where the reference dataset lives (default: the run's data.root)")
+    p.add_argument("--split", default="train", choices=["train", "test", "all"],
+                   help="reference split (default: train, as FID on CIFAR-10 is usually reported)")
+    p.add_argument("--real-n", type=int, help="use at most this many reference images (default: all)")
+    p.add_argument("--n", type=int, default=1000, help="samples to generate (default 1000)")
+    p.add_argument("--metrics", default="fid,is,kid,pr", help="comma list of fid, is, kid, pr, dc")
+    p.add_argument("--every-checkpoint", action="store_true",
+                   help="evaluate each saved checkpoint of the run; writes a metric-vs-step table and plot")
+    p.add_argument("--baselines", action="store_true",
+                   help="also score held-out real images (the floor) and uniform noise against the reference")
+    p.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth for CIFAR-10/CelebA/folders")
+    p.add_argument("--classifier", help="classifier weights giving the features for mnist (from train-classifier)")
+    p.add_argument("--out", help="JSON to write (default: WORKDIR/eval.json, or eval.json)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-ema", action="store_true", help="sample with the raw weights instead of the EMA weights")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="sampling.KEY=VALUE")
+    p.add_argument("--batch-size", type=int, help="sampler batch size (default: sampling.batch_size)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def read_fake(path: str | Path) -> torch.Tensor:
+    """Samples from an .npz (key ``samples``, ``(N, C, H, W)`` floats in [0, 1]), checked."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "samples" not in data:
+                raise UserError(f"{path} has no array named 'samples' (found: {', '.join(data.files) or 'none'})")
+            samples = data["samples"]
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read samples from {path}: {err}") from None
+    if samples.ndim != 4 or samples.shape[1] not in (1, 3):
+        raise UserError(f"{path}: samples must have shape (N, C, H, W) with C in (1, 3), got {samples.shape}")
+    samples = samples.astype(np.float32)
+    if not np.isfinite(samples).all() or samples.min() < -1e-3 or samples.max() > 1 + 1e-3:
+        raise UserError(f"{path}: samples must be finite floats in [0, 1] "
+                        f"(found range [{np.nanmin(samples):.3g}, {np.nanmax(samples):.3g}])")
+    return torch.from_numpy(samples).clamp(0, 1)
+
+
+def run(args) -> int:
+    from ncsn import checkpoint as ckpt
+    from ncsn import distributed
+    from ncsn import evaluation as ev
+    from ncsn.commands.sample import apply_sampling_overrides
+    from ncsn.device import resolve_device
+    from ncsn.generate import generate, load_model_for_sampling, sampler_settings
+    from ncsn.metrics.features import get_extractor
+
+    names = ev.parse_metrics(args.metrics)
+    if bool(args.target) == bool(args.fake):
+        raise UserError("give either a run directory / checkpoint or --fake samples.npz")
+    if args.every_checkpoint and not args.target:
+        raise UserError("--every-checkpoint needs a run directory")
+    ctx = distributed.setup(resolve_device(args.device))
+    progress = not args.no_progress and ctx.is_main
+    try:
+        if args.fake:
+            fake_images = read_fake(args.fake)
+            dataset = args.dataset or "digits"
+            size, channels = fake_images.shape[-1], fake_images.shape[1]
+            root = args.data_root
+            sources = [({"samples": str(args.fake)}, fake_images, f"samples {Path(args.fake).name}")]
+        else:
+            targets = ([p for _, p in ckpt.list_checkpoints(args.target)] if args.every_checkpoint
+                       else [ckpt.resolve_checkpoint(args.target)])
+            if not targets:
+                raise UserError(f"no checkpoint found in {args.target}")
+            sources = []
+            for path in targets:
+                model, config, info = load_model_for_sampling(path, use_ema=not args.no_ema, device=ctx.device)
+                config = apply_sampling_overrides(config, args.overrides)
+                images = generate(model, config, args.n, seed=args.seed, progress=progress,
+                                  batch_size=args.batch_size, ctx=ctx)
+                meta = {"checkpoint": info["checkpoint"], "step": info["step"], "ema": info["ema"],
+                        "seed": args.seed, **sampler_settings(config)}
+                sources.append((meta, images, f"step {info['step']}{' (EMA)' if info['ema'] else ''}"))
+            d = config["data"]
+            dataset, size, channels = args.dataset or d["dataset"], d["image_size"], d["channels"]
+            root = args.data_root or d["root"]
+    finally:
+        distributed.teardown(ctx)
+    if not ctx.is_main:
+        return 0
+
+    extractor = get_extractor(dataset, inception_weights=args.inception_weights, classifier=args.classifier,
+                              device=ctx.device)
+    real = ev.real_features(extractor, dataset, root, args.split, size, channels, args.real_n, progress)
+    if args.baselines:
+        held_out = "test" if args.split == "train" else "train"
+        n_base = min(args.n if args.target else len(sources[0][1]), 10_000)
+        real_other = ev.load_real_images(dataset, root, held_out, size, channels, n_base)
+        noise = torch.rand((n_base, channels, size, size), generator=torch.Generator().manual_seed(args.seed))
+        sources += [({"baseline": f"real {dataset}/{held_out} images"}, real_other, f"real ({held_out})"),
+                    ({"baseline": "uniform noise"}, noise, "uniform noise")]
+
+    rows = []
+    for meta, images, label in sources:
+        fake = extractor.extract(images, progress=progress)
+        values = ev.compute_metrics(names, fake, real, seed=args.seed)
+        rows.append({"label": label, "metrics": values,
+                     "protocol": ev.protocol(extractor, dataset, args.split, real["n"], len(images), meta)})
+    first = rows[0]["protocol"]
+    print(f"reference: {first['reference']} ({real['n']} images) | features: {extractor.name} "
+          f"(sha256 {extractor.weights_sha256[:12]}) | generated: {len(sources[0][1])}")
+    if args.target:
+        print("sampler: " + ", ".join(f"{k}={v}" for k, v in sampler_settings(config).items()))
+    print(ev.format_table(rows, names))
+
+    out = Path(args.out) if args.out else (Path(args.target) / "eval.json" if args.target and Path(args.target).is_dir()
+                                          else Path("eval.json"))
+    ev.write_json(out, {"metrics": names, "results": rows})
+    written = [str(out)]
+    if args.every_checkpoint:
+        written += write_metric_vs_step(rows, names, out.with_name("eval_vs_step"))
+    print("wrote " + ", ".join(written))
+    return 0
+
+
+def write_metric_vs_step(rows: list[dict], names: list[str], stem: Path) -> list[str]:
+    """CSV and PNG of each metric against the checkpoint step (NCSNv2 picks checkpoints by FID)."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r for r in rows if "step" in r["protocol"]]
+    keys = sorted({k for r in steps for k in r["metrics"]})
+    csv_path, png_path = stem.with_suffix(".csv"), stem.with_suffix(".png")
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step"] + keys)
+        for r in steps:
+            writer.writerow([r["protocol"]["step"]] + [r["metrics"][k] for k in keys])
+    main_key = "fid" if "fid" in keys else keys[0]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot([r["protocol"]["step"] for r in steps], [r["metrics"][main_key] for r in steps], "o-")
+    ax.set_xlabel("checkpoint step")
+    ax.set_ylabel(main_key.upper())
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path)
+    plt.close(fig)
+    return [str(csv_path), str(png_path)]

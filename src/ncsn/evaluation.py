@@ -1,0 +1,125 @@
+"""Evaluating samples against a dataset's real images, with the protocol written next to every number.
+
+FID / KID / precision-recall / density-coverage compare feature vectors of generated
+and real images; Inception Score uses the class probabilities of the generated ones.
+Which network gives the features (and the checksum of its weights), which real images
+and how many, which sampler settings and checkpoint: all of it decides the number, so
+all of it is returned with it (see :func:`protocol`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ncsn.errors import UserError
+
+METRICS = ("fid", "is", "kid", "pr", "dc")
+
+
+def parse_metrics(text: str) -> list[str]:
+    names = [m.strip().lower() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise UserError(f"unknown metric(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METRICS)}")
+    return names
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NCSN_CACHE", Path.home() / ".cache" / "ncsn"))
+
+
+def load_real_images(dataset: str, root: str | None, split: str, image_size: int, channels: int,
+                     limit: int | None = None) -> torch.Tensor:
+    """The reference images (``(N, C, H, W)`` in [0, 1]) of ``dataset``'s ``split``."""
+    from ncsn.data.images import get_dataset
+
+    kwargs = dict(root=root, train={"train": True, "test": False, "all": None}[split], image_size=image_size,
+                  download=False, progress=False)
+    if dataset == "folder":
+        kwargs["channels"] = channels
+    data = get_dataset(dataset, **kwargs)
+    n = len(data) if limit is None else min(limit, len(data))
+    return data.get_batch(torch.arange(n))
+
+
+def real_features(extractor, dataset: str, root: str | None, split: str, image_size: int, channels: int,
+                  limit: int | None = None, progress: bool = True) -> dict:
+    """Features of the real images, cached on disk per (dataset, split, size, extractor weights, n)."""
+    key = f"{dataset}|{root}|{split}|{image_size}|{channels}|{extractor.name}|{extractor.weights_sha256}|{limit}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = cache_dir() / "features" / f"{dataset}-{split}-{extractor.name}-{digest}.npz"
+    if path.exists():
+        with np.load(path) as cached:
+            return {"features": cached["features"].astype(np.float64), "probs": cached["probs"],
+                    "n": int(cached["features"].shape[0]), "cache": str(path)}
+    images = load_real_images(dataset, root, split, image_size, channels, limit)
+    out = extractor.extract(images, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, features=out["features"].astype(np.float32), probs=out["probs"].astype(np.float32))
+    os.replace(tmp, path)
+    return {"features": out["features"], "probs": out["probs"], "n": int(images.shape[0]), "cache": str(path)}
+
+
+def compute_metrics(names: list[str], fake: dict, real: dict, seed: int = 0) -> dict:
+    """The requested metrics of generated features/probs ``fake`` against ``real``."""
+    from ncsn import metrics
+
+    result = {}
+    if "fid" in names:
+        result["fid"] = float(metrics.fid(real["features"], fake["features"]))
+    if "is" in names:
+        splits = 10 if len(fake["probs"]) >= 100 else 1
+        mean, std = metrics.inception_score(fake["probs"], splits=splits)
+        result["is"], result["is_std"] = float(mean), float(std)
+    if "kid" in names:
+        size = min(1000, len(fake["features"]), len(real["features"]))
+        mean, std = metrics.kid(real["features"], fake["features"], subset_size=size, seed=seed)
+        result["kid"], result["kid_std"] = float(mean), float(std)
+    if "pr" in names:
+        result.update({k: float(v) for k, v in metrics.precision_recall(real["features"], fake["features"], k=3).items()})
+    if "dc" in names:
+        result.update({k: float(v) for k, v in metrics.density_coverage(real["features"], fake["features"], k=5).items()})
+    return result
+
+
+def protocol(extractor, dataset: str, split: str, n_real: int, n_fake: int, source: dict) -> dict:
+    """What a reader needs to compare the numbers with anyone else's."""
+    return {
+        "extractor": extractor.name,
+        "extractor_weights_sha256": extractor.weights_sha256,
+        "reference": f"{dataset}/{split}",
+        "n_real": n_real,
+        "n_fake": n_fake,
+        "pr_k": 3,
+        "dc_k": 5,
+        **source,
+    }
+
+
+def format_table(rows: list[dict], names: list[str]) -> str:
+    """A plain-text table: one row per evaluated source, one column per metric."""
+    cols = []
+    for m in names:
+        cols += {"fid": ["fid"], "is": ["is", "is_std"], "kid": ["kid", "kid_std"],
+                 "pr": ["precision", "recall"], "dc": ["density", "coverage"]}[m]
+    header = ["source"] + cols
+    lines = [header]
+    for row in rows:
+        lines.append([row["label"]] + [f"{row['metrics'][c]:.4g}" for c in cols])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
+def write_json(path: str | Path, payload: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
