@@ -351,6 +351,10 @@ def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,
     bar.close()
     if last_saved != step:
         snapshot(step)
+    if ctx.is_main and step > 0:
+        from ncsn.plotting import save_loss_curve
+
+        save_loss_curve(log_path, workdir / "loss.png")
     signum = stop.received
     return {
         "status": status,
