@@ -62,7 +62,8 @@ def load_training_data(config: dict, progress: bool = True):
     from ncsn.data.images import get_dataset
 
     d = config["data"]
-    kwargs = dict(root=d["root"], train=True, image_size=d["image_size"], download=d["download"], progress=progress)
+    kwargs = dict(root=d["root"], train=True, image_size=d["image_size"], download=d["download"], progress=progress,
+                  num_workers=config["training"]["num_workers"])
     if d["dataset"] == "folder":
         kwargs["channels"] = d["channels"]
     dataset = get_dataset(d["dataset"], **kwargs)
