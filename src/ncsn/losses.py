@@ -1,0 +1,223 @@
+"""Score-matching objectives, each a scalar mean over the batch.
+
+``score_fn`` is a score function ``s(x)`` or ``s(x, sigma)`` (see :mod:`ncsn.score`) on inputs
+of any shape ``(N, ...)``; squared norms and traces run over all non-batch dimensions
+(D = their product). Objectives without a noise level of their own take an optional
+``sigma`` that is passed on to noise-conditional score functions.
+
+* :func:`explicit_sm`: 1/2 E||s(x) - grad log p(x)||^2 (needs the true score).
+* :func:`exact_sm` / :func:`exact_sm_loop`: Hyvarinen (2005), "Estimation of Non-Normalized
+  Statistical Models by Score Matching": E[tr(grad_x s(x)) + 1/2 ||s(x)||^2], equal to the
+  explicit objective up to a constant.
+* :func:`sliced_sm`: Song, Garg, Shi & Ermon (2019), "Sliced Score Matching: A Scalable
+  Approach to Density and Score Estimation": E_v E_x[v^T grad_x(v^T s(x)) + 1/2 (v^T s(x))^2].
+* :func:`dsm`: Vincent (2011), "A Connection Between Score Matching and Denoising Autoencoders":
+  1/2 E||s(x~) + (x~ - x) / sigma^2||^2, x~ = x + sigma z.
+* :func:`ncsn_loss`: Song & Ermon (2019), "Generative Modeling by Estimating Gradients of the
+  Data Distribution", Eq. (6)-(7): denoising score matching over L noise levels, weighted by
+  lambda(sigma) = sigma^2.
+
+An energy-based model trains through all of them once wrapped in :class:`EnergyScore`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ncsn.energy import EnergyScore
+from ncsn.score import ScoreFn, call_score, per_sample, sigma_vector
+
+__all__ = ["EnergyScore", "dsm", "exact_sm", "exact_sm_loop", "explicit_sm", "ncsn_loss", "sliced_sm"]
+
+PROJECTIONS = ("gaussian", "rademacher")
+WEIGHTINGS = ("sigma2", "none")
+
+
+def _sum_nonbatch(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1).sum(dim=1)
+
+
+def _check_batch(x: torch.Tensor) -> None:
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"x must have shape (N, ...) with N >= 1 and at least one feature dimension, "
+                         f"got {tuple(x.shape)}")
+
+
+def _score_at(score_fn: ScoreFn, x: torch.Tensor, sigma=None) -> torch.Tensor:
+    out = call_score(score_fn, x, sigma)
+    if out.shape != x.shape:
+        raise ValueError(f"the score function returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
+    return out
+
+
+def explicit_sm(score_fn: ScoreFn, x: torch.Tensor, true_score, sigma=None) -> torch.Tensor:
+    """Explicit score matching: 1/2 E_x ||s(x) - grad_x log p(x)||^2 (Hyvarinen 2005, Eq. 2).
+
+    ``true_score`` is a tensor of grad_x log p at ``x`` (same shape), or a callable giving it:
+    called as ``true_score(x)``, or as a score function at level ``sigma`` when one is given.
+    """
+    _check_batch(x)
+    s = _score_at(score_fn, x, sigma)
+    if callable(true_score):
+        target = true_score(x) if sigma is None else call_score(true_score, x, sigma)
+    else:
+        target = torch.as_tensor(true_score, dtype=s.dtype, device=s.device)
+    if target.shape != x.shape:
+        raise ValueError(f"true_score has shape {tuple(target.shape)}, expected {tuple(x.shape)}")
+    return 0.5 * _sum_nonbatch((s - target.detach()).square()).mean()
+
+
+def _score_with_input(score_fn: ScoreFn, x: torch.Tensor, sigma):
+    """A fresh leaf copy of ``x`` that requires grad, and the score there (grad enabled)."""
+    x_in = x.detach().requires_grad_(True)
+    return x_in, _score_at(score_fn, x_in, sigma)
+
+
+def exact_sm(score_fn: ScoreFn, x: torch.Tensor, sigma=None, chunk_size: int | None = None) -> torch.Tensor:
+    """Score matching with the exact Jacobian trace (Hyvarinen 2005, Theorem 1):
+
+        J(theta) = E_x[ tr(grad_x s(x)) + 1/2 ||s(x)||^2 ],
+
+    which equals :func:`explicit_sm` minus a constant independent of the model. The trace
+    takes D reverse-mode passes, run together as one batched backward (autograd.grad with
+    ``is_grads_batched``, i.e. vmap over the unit vectors e_1..e_D); ``chunk_size`` caps
+    how many of them run at once (memory grows with it). Built with ``create_graph``, so the
+    loss trains the model. Assumes samples do not interact inside ``score_fn`` (no
+    batch-norm in training mode), as does every score-matching objective.
+    """
+    _check_batch(x)
+    with torch.enable_grad():
+        x_in, s = _score_with_input(score_fn, x, sigma)
+        n, dim = x.shape[0], x[0].numel()
+        chunk = dim if chunk_size is None else max(1, int(chunk_size))
+        trace = s.new_zeros(n)
+        for start in range(0, dim, chunk):
+            stop = min(start + chunk, dim)
+            # grad_outputs[k] = e_{start+k} for every sample: row start+k of each Jacobian
+            basis = torch.zeros((stop - start, dim), dtype=s.dtype, device=s.device)
+            basis[:, start:stop].fill_diagonal_(1.0)
+            grad_outputs = basis.unsqueeze(1).expand(stop - start, n, dim).reshape(stop - start, *x.shape)
+            (rows,) = torch.autograd.grad(s, x_in, grad_outputs, create_graph=True, is_grads_batched=True)
+            rows = rows.reshape(stop - start, n, dim)
+            trace = trace + torch.diagonal(rows[:, :, start:stop], dim1=0, dim2=2).sum(dim=1)
+    return (trace + 0.5 * _sum_nonbatch(s.square())).mean()
+
+
+def exact_sm_loop(score_fn: ScoreFn, x: torch.Tensor, sigma=None) -> torch.Tensor:
+    """The same objective as :func:`exact_sm`, with the trace from one backward pass per dimension.
+
+    tr(grad_x s) = sum_d d s_d / d x_d, each term from grad of sum_n s_{n,d}. A reference
+    (D sequential passes); use :func:`exact_sm` for training.
+    """
+    _check_batch(x)
+    with torch.enable_grad():
+        x_in, s = _score_with_input(score_fn, x, sigma)
+        n = x.shape[0]
+        s_flat = s.reshape(n, -1)
+        trace = s.new_zeros(n)
+        for d in range(s_flat.shape[1]):
+            (grad,) = torch.autograd.grad(s_flat[:, d].sum(), x_in, create_graph=True)
+            trace = trace + grad.reshape(n, -1)[:, d]
+    return (trace + 0.5 * _sum_nonbatch(s.square())).mean()
+
+
+def _projections(shape, dist: str, like: torch.Tensor, generator) -> torch.Tensor:
+    if dist == "gaussian":
+        return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
+    signs = torch.randint(0, 2, shape, generator=generator, device=like.device)
+    return (2 * signs - 1).to(like.dtype)
+
+
+def sliced_sm(score_fn: ScoreFn, x: torch.Tensor, n_projections: int = 1, dist: str = "gaussian",
+              variance_reduced: bool = False, generator: torch.Generator | None = None, sigma=None) -> torch.Tensor:
+    """Sliced score matching (Song et al. 2019, Eq. 5 and 8):
+
+        J(theta) = E_v E_x[ v^T grad_x(v^T s(x)) + 1/2 (v^T s(x))^2 ],
+
+    with ``n_projections`` vectors v per sample (each sample is repeated that many times).
+    ``dist`` is ``"gaussian"`` (v ~ N(0, I)) or ``"rademacher"`` (uniform signs); both have
+    E[v v^T] = I, so E_v[(v^T s)^2] = ||s||^2 and ``variance_reduced=True`` uses the
+    variance-reduced form (SSM-VR) with 1/2 ||s(x)||^2 in place of 1/2 (v^T s)^2.
+    Needs one extra backward pass (a Hessian-vector product for energy models), whatever D.
+    """
+    _check_batch(x)
+    if dist not in PROJECTIONS:
+        raise ValueError(f"dist must be one of {', '.join(PROJECTIONS)}, got {dist!r}")
+    if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
+        raise ValueError(f"n_projections must be a positive integer, got {n_projections!r}")
+    x_rep = x.repeat_interleave(n_projections, dim=0) if n_projections > 1 else x
+    if sigma is not None:
+        sigma = sigma_vector(sigma, x)
+        sigma = sigma.repeat_interleave(n_projections, dim=0) if n_projections > 1 else sigma
+    with torch.enable_grad():
+        x_in, s = _score_with_input(score_fn, x_rep, sigma)
+        v = _projections(x_rep.shape, dist, s, generator)
+        v_dot_s = _sum_nonbatch(v * s)
+        (grad,) = torch.autograd.grad(v_dot_s.sum(), x_in, create_graph=True)
+        first = _sum_nonbatch(grad * v)
+    second = 0.5 * _sum_nonbatch(s.square()) if variance_reduced else 0.5 * v_dot_s.square()
+    return (first + second).mean()
+
+
+def dsm(score_fn: ScoreFn, x: torch.Tensor, sigma, generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Denoising score matching (Vincent 2011, Eq. 11 with a Gaussian kernel):
+
+        J(theta) = 1/2 E_{x, x~}|| s(x~) + (x~ - x) / sigma^2 ||^2,   x~ = x + sigma z,  z ~ N(0, I),
+
+    computed as 1/2 E||s(x~) + z / sigma||^2. It equals explicit score matching on the
+    smoothed density q_sigma = p * N(0, sigma^2 I) up to a constant. ``sigma`` is a scalar or
+    an ``(N,)`` tensor; ``noise`` (z, shape of ``x``) may be given, otherwise it is drawn from
+    ``generator``. Noise-conditional score functions receive ``sigma``.
+    """
+    _check_batch(x)
+    sigma = sigma_vector(sigma, x)
+    z = _noise_like(x, noise, generator)
+    sigma_b = per_sample(sigma, x)
+    s = _score_at(score_fn, x + sigma_b * z, sigma)
+    return 0.5 * _sum_nonbatch((s.to(z.dtype) + z / sigma_b).square()).mean()
+
+
+def _noise_like(x: torch.Tensor, noise, generator) -> torch.Tensor:
+    if noise is None:
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    if noise.shape != x.shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(x.shape)}")
+    return noise
+
+
+def ncsn_loss(score_fn: ScoreFn, x: torch.Tensor, sigmas, weighting: str = "sigma2",
+              generator: torch.Generator | None = None, levels: torch.Tensor | None = None,
+              noise: torch.Tensor | None = None) -> torch.Tensor:
+    """NCSN's multi-scale denoising objective (Song & Ermon 2019, Eq. 6-7):
+
+        L(theta) = 1/L sum_i lambda(sigma_i) 1/2 E||s(x~, sigma_i) + (x~ - x) / sigma_i^2||^2,
+
+    estimated with one level i ~ U{1..L} per sample. ``weighting="sigma2"`` is the paper's
+    lambda(sigma) = sigma^2, for which each term is 1/2 ||sigma s(x + sigma z, sigma) + z||^2
+    (computed in that form); ``"none"`` is lambda = 1. ``score_fn(x, sigma)`` receives each
+    sample's sigma as an ``(N,)`` tensor. ``levels`` (``(N,)`` indices into ``sigmas``) and
+    ``noise`` (z) may be given, otherwise they are drawn from ``generator``, levels first.
+    The loss is computed in at least float32 (e.g. under bf16 autocast).
+    """
+    _check_batch(x)
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
+    sigmas = torch.as_tensor(sigmas, dtype=x.dtype, device=x.device)
+    if sigmas.ndim != 1 or sigmas.numel() == 0:
+        raise ValueError(f"sigmas must be a non-empty 1-D tensor, got shape {tuple(sigmas.shape)}")
+    n = x.shape[0]
+    if levels is None:
+        levels = torch.randint(0, sigmas.shape[0], (n,), generator=generator, device=x.device)
+    elif levels.shape != (n,):
+        raise ValueError(f"levels must have shape ({n},), got {tuple(levels.shape)}")
+    z = _noise_like(x, noise, generator)
+    sigma = sigmas[levels]
+    sigma_b = per_sample(sigma, x)
+    s = _score_at(score_fn, x + sigma_b * z, sigma)
+    s = s.to(torch.promote_types(s.dtype, torch.float32))
+    if weighting == "sigma2":
+        residual = sigma_b * s + z
+    else:
+        residual = s + z / sigma_b
+    return 0.5 * _sum_nonbatch(residual.square()).mean()
