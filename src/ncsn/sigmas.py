@@ -11,8 +11,10 @@ step size:
 * Technique 2: a common ratio gamma = sigma_{i-1} / sigma_i with
   Phi(sqrt(2D)(gamma - 1) + 3 gamma) - Phi(sqrt(2D)(gamma - 1) - 3 gamma) ~= 0.5
   (:func:`ratio_for`, :func:`num_levels_for`).
-* Technique 4: the step size epsilon making the paper's Eq. (6) closest to 1
-  (:func:`end_variance_ratio`, :func:`step_size_for`).
+* Technique 4: the step size making the paper's Eq. (6) closest to 1
+  (:func:`end_variance_ratio`, :func:`step_size_for`). Step sizes here are the ``step_lr`` of
+  :func:`ncsn.sampling.annealed_langevin` (NCSN's Algorithm 1, x <- x + alpha/2 s + sqrt(alpha) z);
+  NCSNv2 writes x <- x + a s + sqrt(2a) z, so its eps is ``step_lr / 2``.
 """
 
 from __future__ import annotations
@@ -62,19 +64,21 @@ def sigma_max_from_data(x: torch.Tensor, chunk_size: int = 2048) -> float:
         flat = flat.float()
     sq_norms = (flat * flat).sum(dim=1)
     n = flat.shape[0]
-    best, best_pair = -1.0, (0, 1)
+    block_max, block_arg, block_origin = [], [], []
     for start_i in range(0, n, chunk_size):
         a, a_sq = flat[start_i : start_i + chunk_size], sq_norms[start_i : start_i + chunk_size]
         for start_j in range(start_i, n, chunk_size):
             b, b_sq = flat[start_j : start_j + chunk_size], sq_norms[start_j : start_j + chunk_size]
             sq_dist = a_sq[:, None] + b_sq[None, :] - 2.0 * (a @ b.T)
             value, index = sq_dist.reshape(-1).max(dim=0)
-            value = float(value)
-            if value > best:
-                row, col = divmod(int(index), b.shape[0])
-                best, best_pair = value, (start_i + row, start_j + col)
-    i, j = best_pair
-    return float(torch.linalg.vector_norm((flat[i] - flat[j]).double()))
+            block_max.append(value)
+            block_arg.append(index)
+            block_origin.append((start_i, start_j, b.shape[0]))
+    best = int(torch.stack(block_max).argmax())  # the only host synchronisation
+    start_i, start_j, width = block_origin[best]
+    row, col = divmod(int(block_arg[best]), width)
+    i, j = start_i + row, start_j + col
+    return float(torch.linalg.vector_norm(flat[i].double() - flat[j].double()))
 
 
 def overlap_probability(gamma: float, dim: int) -> float:
@@ -135,43 +139,47 @@ def num_levels_for(sigma_begin: float, sigma_end: float, dim: int, target: float
     return math.ceil(math.log(sigma_begin / sigma_end) / math.log(gamma) - 1e-9) + 1
 
 
-def end_variance_ratio(eps: float, sigma_end: float, gamma: float, n_steps_each: int) -> float:
-    """NCSNv2 Eq. (6): s_T^2 / sigma_i^2 after T Langevin steps at level i.
+def end_variance_ratio(step_lr: float, sigma_end: float, gamma: float, n_steps_each: int) -> float:
+    """NCSNv2 Eq. (6): s_T^2 / sigma_i^2, the variance after T annealed Langevin steps at level i.
 
-    With alpha_i = eps sigma_i^2 / sigma_L^2 and a Gaussian start of variance
-    sigma_{i-1}^2 = gamma^2 sigma_i^2, annealed Langevin on N(0, sigma_i^2) ends at variance
+    NCSNv2 writes its sampler as x <- x + a_i s + sqrt(2 a_i) z with a_i = eps sigma_i^2 / sigma_L^2,
+    whereas :func:`ncsn.sampling.annealed_langevin` (NCSN's Algorithm 1) steps
+    x <- x + alpha_i / 2 s + sqrt(alpha_i) z with alpha_i = step_lr sigma_i^2 / sigma_L^2: the same
+    chain when eps = step_lr / 2. This function takes ``step_lr`` and evaluates the paper's
 
         s_T^2 / sigma_i^2 = (1 - eps/sigma_L^2)^(2T) (gamma^2 - 2 eps / (sigma_L^2 - sigma_L^2 (1 - eps/sigma_L^2)^2))
-                            + 2 eps / (sigma_L^2 - sigma_L^2 (1 - eps/sigma_L^2)^2).
+                            + 2 eps / (sigma_L^2 - sigma_L^2 (1 - eps/sigma_L^2)^2),
 
-    The same for every level, so one number describes the whole schedule; 1 is ideal.
+    the exact variance after T steps on data concentrated at a point (p_sigma_i = N(0, sigma_i^2 I))
+    from a start of variance sigma_{i-1}^2 = gamma^2 sigma_i^2. It is the same at every level; 1 is ideal.
     """
+    eps = 0.5 * step_lr
     var_end = sigma_end * sigma_end
     a = eps / var_end
     if not 0.0 < a < 1.0:
-        raise ValueError(f"eps must lie in (0, sigma_end^2) = (0, {var_end:g}), got {eps}")
+        raise ValueError(f"step_lr must lie in (0, 2 sigma_end^2) = (0, {2 * var_end:g}), got {step_lr}")
     stationary = 2.0 * eps / (var_end - var_end * (1.0 - a) ** 2)
     return (1.0 - a) ** (2 * n_steps_each) * (gamma * gamma - stationary) + stationary
 
 
 def step_size_for(sigma_end: float, gamma: float, n_steps_each: int) -> float:
-    """NCSNv2 Technique 4: the step size eps making :func:`end_variance_ratio` closest to 1.
+    """NCSNv2 Technique 4: the ``step_lr`` making :func:`end_variance_ratio` closest to 1.
 
-    ``eps`` is the ``step_lr`` of :func:`ncsn.sampling.annealed_langevin`
-    (alpha_i = eps sigma_i^2 / sigma_L^2). The ratio exceeds 1 for every eps in
-    (0, sigma_L^2), so this minimises it: a log-spaced grid over eps / sigma_L^2 in
-    (1e-8, 1), refined by golden-section search around the best grid point.
-    With the paper's settings (sigma_L = 0.01, T = 5) this gives 6.2e-6 for CIFAR-10 (L = 232 from
-    sigma_1 = 50) and 3.3e-6 for CelebA 64x64 (L = 500 from 90), the step sizes the paper uses.
+    Returns the ``step_lr`` of :func:`ncsn.sampling.annealed_langevin` (NCSN convention); the
+    paper's eps is half of it. The ratio exceeds 1 for every step size, so this minimises
+    it: a log-spaced grid over eps / sigma_L^2 in (1e-8, 1), refined by golden-section search
+    around the best grid point. With the paper's settings (sigma_L = 0.01, T = 5) the paper's
+    eps = step_lr / 2 comes out as 6.2e-6 for CIFAR-10 (L = 232 from sigma_1 = 50) and 3.3e-6
+    for CelebA 64x64 (L = 500 from 90), the values the paper uses.
     """
     if not (sigma_end > 0 and gamma > 1):
         raise ValueError(f"need sigma_end > 0 and gamma > 1, got {sigma_end} and {gamma}")
-    if not isinstance(n_steps_each, int) or n_steps_each < 1:
+    if isinstance(n_steps_each, bool) or not isinstance(n_steps_each, int) or n_steps_each < 1:
         raise ValueError(f"n_steps_each must be a positive integer, got {n_steps_each!r}")
     var_end = sigma_end * sigma_end
 
-    def objective(log_a: float) -> float:
-        return abs(end_variance_ratio(math.exp(log_a) * var_end, sigma_end, gamma, n_steps_each) - 1.0)
+    def objective(log_a: float) -> float:  # a = eps / sigma_L^2 = step_lr / (2 sigma_L^2)
+        return abs(end_variance_ratio(2.0 * math.exp(log_a) * var_end, sigma_end, gamma, n_steps_each) - 1.0)
 
     grid = [math.log(1e-8) + k * (math.log(1.0 - 1e-9) - math.log(1e-8)) / 2000 for k in range(2001)]
     best = min(range(len(grid)), key=lambda k: objective(grid[k]))
@@ -183,4 +191,4 @@ def step_size_for(sigma_end: float, gamma: float, n_steps_each: int) -> float:
             high = d
         else:
             low = c
-    return math.exp(0.5 * (low + high)) * var_end
+    return 2.0 * math.exp(0.5 * (low + high)) * var_end

@@ -11,7 +11,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dataset", default="digits", choices=["digits", "mnist"], help="default: digits")
     p.add_argument("--data-root", help="where the dataset lives (MNIST IDX files; unused by digits)")
     p.add_argument("--out", required=True, help="weights file to write, e.g. mnist_classifier.pt")
-    p.add_argument("--epochs", type=int, help="training epochs (default: 40 digits, 3 mnist)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: 30 digits, 3 mnist)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, batch order and shifts")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

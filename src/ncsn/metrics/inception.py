@@ -330,8 +330,8 @@ def load_fid_inception(path: str | Path | None = None, cache_dir: str | Path | N
     ``path``: the weights file. Without it, the file is looked for in ``cache_dir``
     (default ``$NCSN_CACHE`` or ``~/.cache/ncsn``) and torch.hub's checkpoint folder, and,
     unless ``download`` is ``False``, fetched once from :data:`INCEPTION_URL` (or
-    ``$NCSN_INCEPTION_URL``) into ``cache_dir``. ``download=True`` requires the download to
-    work. The file's SHA-256 must equal :data:`INCEPTION_SHA256` (``verify_checksum=False``
+    ``$NCSN_INCEPTION_URL``) into ``cache_dir``; when that fails (offline) the error says how
+    to pass the file. The file's SHA-256 must equal :data:`INCEPTION_SHA256` (``verify_checksum=False``
     only for files built elsewhere, e.g. tests); it is recorded as ``model.weights_sha256``.
     """
     if path is not None:
