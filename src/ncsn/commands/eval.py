@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +40,15 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def read_fake(path: str | Path) -> torch.Tensor:
-    """Samples from an .npz (key ``samples``, ``(N, C, H, W)`` floats in [0, 1]), checked."""
+def read_fake(path: str | Path) -> tuple[torch.Tensor, dict]:
+    """Samples from an .npz (key ``samples``, ``(N, C, H, W)`` floats in [0, 1]), checked,
+    with the provenance ``ncsn sample`` records beside them (checkpoint, step, sampler)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             if "samples" not in data:
                 raise UserError(f"{path} has no array named 'samples' (found: {', '.join(data.files) or 'none'})")
             samples = data["samples"]
+            provenance = json.loads(str(data["provenance"])) if "provenance" in data else {}
     except (OSError, ValueError) as err:
         raise UserError(f"cannot read samples from {path}: {err}") from None
     if samples.ndim != 4 or samples.shape[1] not in (1, 3):
@@ -54,7 +57,7 @@ def read_fake(path: str | Path) -> torch.Tensor:
     if not np.isfinite(samples).all() or samples.min() < -1e-3 or samples.max() > 1 + 1e-3:
         raise UserError(f"{path}: samples must be finite floats in [0, 1] "
                         f"(found range [{np.nanmin(samples):.3g}, {np.nanmax(samples):.3g}])")
-    return torch.from_numpy(samples).clamp(0, 1)
+    return torch.from_numpy(samples).clamp(0, 1), provenance
 
 
 def run(args) -> int:
@@ -75,11 +78,11 @@ def run(args) -> int:
     progress = not args.no_progress and ctx.is_main
     try:
         if args.fake:
-            fake_images = read_fake(args.fake)
+            fake_images, provenance = read_fake(args.fake)
             dataset = args.dataset or "digits"
             size, channels = fake_images.shape[-1], fake_images.shape[1]
             root = args.data_root
-            sources = [({"samples": str(args.fake)}, fake_images, f"samples {Path(args.fake).name}")]
+            sources = [({"samples": str(args.fake), **provenance}, fake_images, f"samples {Path(args.fake).name}")]
         else:
             targets = ([p for _, p in ckpt.list_checkpoints(args.target)] if args.every_checkpoint
                        else [ckpt.resolve_checkpoint(args.target)])
@@ -122,8 +125,9 @@ def run(args) -> int:
     first = rows[0]["protocol"]
     print(f"reference: {first['reference']} ({real['n']} images) | features: {extractor.name} "
           f"(sha256 {extractor.weights_sha256[:12]}) | generated: {len(sources[0][1])}")
-    if args.target:
-        print("sampler: " + ", ".join(f"{k}={v}" for k, v in sampler_settings(config).items()))
+    if "sampler" in sources[0][0]:
+        print("sampler: " + ", ".join(f"{k}={sources[0][0][k]}" for k in sampler_settings_keys()
+                                      if k in sources[0][0]))
     print(ev.format_table(rows, names))
 
     out = Path(args.out) if args.out else (Path(args.target) / "eval.json" if args.target and Path(args.target).is_dir()
@@ -134,6 +138,11 @@ def run(args) -> int:
         written += write_metric_vs_step(rows, names, out.with_name("eval_vs_step"))
     print("wrote " + ", ".join(written))
     return 0
+
+
+def sampler_settings_keys() -> list[str]:
+    return ["checkpoint", "step", "ema", "seed", "sampler", "sigma_begin", "sigma_end", "num_classes",
+            "step_lr", "n_steps_each", "denoise"]
 
 
 def write_metric_vs_step(rows: list[dict], names: list[str], stem: Path) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -11,6 +12,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("target", help="a run directory (its newest checkpoint) or a checkpoint file")
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--out", default="samples.png", help="PNG grid to write")
+    p.add_argument("--grid-n", type=int, default=100, help="samples shown in the grid (default: up to 100)")
     p.add_argument("--npz", help="also write the raw samples: key 'samples', (N, C, H, W) floats in [0, 1]")
     p.add_argument("--strip", help="also write the samples at the end of each noise level as one picture")
     p.add_argument("--strip-n", type=int, default=8, help="samples shown in the strip (default 8)")
@@ -44,7 +46,7 @@ def run(args) -> int:
     from ncsn import distributed
     from ncsn.device import resolve_device
     from ncsn.errors import UserError
-    from ncsn.generate import generate, load_model_for_sampling
+    from ncsn.generate import generate, load_model_for_sampling, sampler_settings
     from ncsn.plotting import save_image_grid, save_strip
 
     if args.n < 1:
@@ -61,11 +63,13 @@ def run(args) -> int:
     if result is None:  # not rank 0
         return 0
     samples, levels = result if strip_n else (result, None)
-    save_image_grid(samples, args.out)
+    save_image_grid(samples[: args.grid_n], args.out)
     written = [args.out]
     if args.npz:
         Path(args.npz).parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(args.npz, samples=samples.numpy().astype(np.float32))
+        provenance = {**info, "seed": args.seed, **sampler_settings(config)}
+        np.savez_compressed(args.npz, samples=samples.numpy().astype(np.float32),
+                            provenance=np.array(json.dumps(provenance)))
         written.append(args.npz)
     if levels:
         if config["sampling"]["denoise"]:
