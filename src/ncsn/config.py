@@ -29,6 +29,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "divergence_factor": 1000.0,  # stop when loss > factor x running mean (after warm-up)
         "amp": "off",             # off | bf16 | fp16 (autocast; fp16 uses a grad scaler)
         "compile": False,         # torch.compile the score network
+        "compile_backend": "inductor",  # torch.compile backend (aot_eager: no C++ toolchain needed)
         "channels_last": False,
         "num_workers": 0,         # background decoding workers for lazily read datasets
     },

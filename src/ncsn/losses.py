@@ -78,26 +78,33 @@ def exact_sm(score_fn: ScoreFn, x: torch.Tensor, sigma=None, chunk_size: int | N
 
         J(theta) = E_x[ tr(grad_x s(x)) + 1/2 ||s(x)||^2 ],
 
-    which equals :func:`explicit_sm` minus a constant independent of the model. The trace
-    takes D reverse-mode passes, run together as one batched backward (autograd.grad with
-    ``is_grads_batched``, i.e. vmap over the unit vectors e_1..e_D); ``chunk_size`` caps
-    how many of them run at once (memory grows with it). Built with ``create_graph``, so the
-    loss trains the model. Assumes samples do not interact inside ``score_fn`` (no
-    batch-norm in training mode), as does every score-matching objective.
+    which equals :func:`explicit_sm` minus a constant independent of the model. One forward
+    pass, then the D vector-Jacobian products e_d^T grad_x s (d = 1..D) run as a single batched
+    backward pass (``torch.func.vjp`` vectorised with ``torch.func.vmap`` over the unit vectors;
+    entry d of product d is the trace's d-th term). ``chunk_size`` caps how many unit vectors are
+    batched at once (memory grows with it). Differentiable in the model's parameters (the
+    transforms compose with ordinary autograd), so the loss trains the model, energy models
+    included. ``score_fn`` must be usable under ``torch.func`` (no in-place updates of module
+    state such as batch-norm statistics); :func:`exact_sm_loop` has no such restriction.
+    Assumes samples do not interact inside ``score_fn``, as does every score-matching objective.
     """
     _check_batch(x)
+    from torch.func import vjp, vmap
+
+    if sigma is not None:
+        sigma = sigma_vector(sigma, x)
+    n, dim = x.shape[0], x[0].numel()
+    chunk = dim if chunk_size is None else max(1, int(chunk_size))
     with torch.enable_grad():
-        x_in, s = _score_with_input(score_fn, x, sigma)
-        n, dim = x.shape[0], x[0].numel()
-        chunk = dim if chunk_size is None else max(1, int(chunk_size))
+        s, vjp_fn = vjp(lambda v: _score_at(score_fn, v, sigma), x.detach())
         trace = s.new_zeros(n)
         for start in range(0, dim, chunk):
             stop = min(start + chunk, dim)
-            # grad_outputs[k] = e_{start+k} for every sample: row start+k of each Jacobian
             basis = torch.zeros((stop - start, dim), dtype=s.dtype, device=s.device)
             basis[:, start:stop].fill_diagonal_(1.0)
-            grad_outputs = basis.unsqueeze(1).expand(stop - start, n, dim).reshape(stop - start, *x.shape)
-            (rows,) = torch.autograd.grad(s, x_in, grad_outputs, create_graph=True, is_grads_batched=True)
+            # product k = e_{start+k}^T grad_x s for every sample: row start+k of each Jacobian
+            cotangents = basis.unsqueeze(1).expand(stop - start, n, dim).reshape(stop - start, *x.shape)
+            (rows,) = vmap(vjp_fn)(cotangents)
             rows = rows.reshape(stop - start, n, dim)
             trace = trace + torch.diagonal(rows[:, :, start:stop], dim1=0, dim2=2).sum(dim=1)
     return (trace + 0.5 * _sum_nonbatch(s.square())).mean()

@@ -244,7 +244,8 @@ def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,
     o = config["optim"]
     optimizer = torch.optim.Adam(model.parameters(), lr=o["lr"], betas=(o["beta1"], 0.999), eps=o["eps"],
                                  weight_decay=o["weight_decay"], amsgrad=o["amsgrad"])
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=t["amp"] == "fp16")
+    # float16 autocast: the NCSN loss sums over pixels, so start the loss scale lower than the default 2^16
+    scaler = torch.amp.GradScaler(ctx.device.type, init_scale=2.0**10, enabled=t["amp"] == "fp16")
 
     start = 0
     if resume and existing:
@@ -262,7 +263,7 @@ def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     if t["compile"]:
-        net = torch.compile(net)
+        net = torch.compile(net, backend=t["compile_backend"])
 
     log_path = workdir / "log.csv"
     if ctx.is_main:
