@@ -57,7 +57,7 @@ def test_two_processes_match_one_and_resume_in_one(tmp_path):
     npz1, npz2 = tmp_path / "s1.npz", tmp_path / "s2.npz"
     assert main(["sample", str(one), "--n", "10", "--batch-size", "3", "--out", str(tmp_path / "g1.png"),
                  "--npz", str(npz1), "--device", "cpu", "--no-progress"]) == 0
-    torchrun("sample", str(one), "--n", "10", "--batch-size", "3", "--out", str(tmp_path / "g2.png"),
+    torchrun("sample", str(one), "--num-samples", "10", "--batch-size", "3", "--out", str(tmp_path / "g2.png"),
              "--npz", str(npz2), "--device", "cpu", "--no-progress")
     s1, s2 = np.load(npz1)["samples"], np.load(npz2)["samples"]
     assert s1.shape == s2.shape == (10, 1, 8, 8)

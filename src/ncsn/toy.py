@@ -127,7 +127,7 @@ def toy_loss(objective: str, score_fn, x: torch.Tensor, sigmas: torch.Tensor,
     return dsm(rescaled_score, u, DSM_RELATIVE_SIGMA, generator=generator)
 
 
-def build_model(energy: bool = False, hidden: int = 128, n_layers: int = 3) -> nn.Module:
+def build_model(energy: bool = False, hidden: int = 64, n_layers: int = 3) -> nn.Module:
     """A noise-conditional score model for 2-D data: a :class:`ScoreMLP` (output scaled by 1/sigma),
     or with ``energy`` an :class:`EnergyMLP` wrapped in :class:`EnergyScore`."""
     if energy:
@@ -136,7 +136,7 @@ def build_model(energy: bool = False, hidden: int = 128, n_layers: int = 3) -> n
 
 
 def train_score(model: nn.Module, dist, objective: str, sigmas: torch.Tensor, steps: int,
-                generator: torch.Generator, batch_size: int = 512, lr: float = 1e-3,
+                generator: torch.Generator, batch_size: int = 512, lr: float = 5e-3,
                 progress: bool = True) -> list[float]:
     """Adam on ``toy_loss`` with a fresh batch of ``batch_size`` draws from ``dist`` at every step; the
     learning rate decays by cosine to 0. Returns the losses. A tqdm bar shows the running loss."""
@@ -232,8 +232,8 @@ def plot_toy(path, data: torch.Tensor, samples: dict[str, torch.Tensor], score_f
         lin = torch.linspace(-box, box, 200)
         gx, gy = torch.meshgrid(lin, lin, indexing="xy")
         grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1).double()
-        logp = dist.log_prob(grid, sigma_l).reshape(200, 200)
-        axes[1].contourf(gx, gy, logp.clamp_min(float(logp.max()) - 30), levels=20, cmap="Greys", alpha=0.5)
+        density = dist.log_prob(grid, sigma_l).exp().reshape(200, 200)
+        axes[1].contourf(gx, gy, density, levels=8, cmap="Greys", alpha=0.45)
     quiver = axes[1].quiver(points[:, 0], points[:, 1], s[:, 0] / norm, s[:, 1] / norm, norm.log10(),
                             cmap="viridis", angles="xy", scale_units="xy", scale=1.2 / (2 * box / 22), width=0.004)
     fig.colorbar(quiver, ax=axes[1], fraction=0.046, pad=0.02, label="log10 |s(x, sigma_L)|")
@@ -281,7 +281,7 @@ def single_cpu_thread(device: torch.device):
 
 def run_toy(out, dist: str = "mixture", objective: str = "ncsn", steps: int = DEFAULT_STEPS, seed: int = 0,
             device: str = "auto", n_samples: int = 5000, energy: bool = False, batch_size: int = 512,
-            lr: float = 1e-3, hidden: int = 128, n_layers: int = 3, progress: bool = True) -> dict:
+            lr: float = 5e-3, hidden: int = 64, n_layers: int = 3, progress: bool = True) -> dict:
     """Train on the toy ``dist`` with ``objective``, sample with Langevin and annealed Langevin dynamics,
     write ``out/toy.png`` and ``out/metrics.json``; returns the JSON's content."""
     settings = toy_settings(dist)

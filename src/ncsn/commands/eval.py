@@ -22,7 +22,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--split", default="train", choices=["train", "test", "all"],
                    help="reference split (default: train, as FID on CIFAR-10 is usually reported)")
     p.add_argument("--real-n", type=int, help="use at most this many reference images (default: all)")
-    p.add_argument("--n", type=int, default=1000, help="samples to generate (default 1000)")
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=1000,
+                   help="samples to generate (default 1000; under torchrun spell it --num-samples)")
     p.add_argument("--metrics", default="fid,is,kid,pr", help="comma list of fid, is, kid, pr, dc")
     p.add_argument("--every-checkpoint", action="store_true",
                    help="evaluate each saved checkpoint of the run; writes a metric-vs-step table and plot")

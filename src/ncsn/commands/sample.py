@@ -10,7 +10,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("sample", help="draw samples with annealed Langevin dynamics",
                               description="Sample a trained score network (NCSN Algorithm 1) and save a grid.")
     p.add_argument("target", help="a run directory (its newest checkpoint) or a checkpoint file")
-    p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
+                   help="number of samples (default 64; under torchrun spell it --num-samples)")
     p.add_argument("--out", default="samples.png", help="PNG grid to write")
     p.add_argument("--grid-n", type=int, default=100, help="samples shown in the grid (default: up to 100)")
     p.add_argument("--npz", help="also write the raw samples: key 'samples', (N, C, H, W) floats in [0, 1]")
