@@ -82,9 +82,12 @@ def resolve_checkpoint(target: str | Path) -> Path:
     raise UserError(f"checkpoint or run directory not found: {target}")
 
 
-def load_checkpoint(target: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint without executing code; a crafted or corrupt file is a UserError."""
-    path = resolve_checkpoint(target)
+def load_weights(path: str | Path, what: str = "checkpoint", map_location="cpu") -> dict:
+    """``torch.load(path, weights_only=True)`` of a dict; anything else is a one-line UserError.
+
+    A pickle asking for objects other than tensors and plain values (which could execute
+    code) is refused; truncated or corrupt archives are reported as unreadable.
+    """
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -94,7 +97,12 @@ def load_checkpoint(target: str | Path, map_location="cpu") -> dict:
         ) from None
     except Exception as err:  # truncated or corrupt archives: RuntimeError, EOFError, ...
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot read checkpoint {path}: {reason}") from None
+        raise UserError(f"cannot read {what} {path}: {reason}") from None
     if not isinstance(state, dict):
-        raise UserError(f"checkpoint {path} does not hold a dict of weights")
+        raise UserError(f"{what} {path} does not hold a dict of weights")
     return state
+
+
+def load_checkpoint(target: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint (or a run's newest) without executing code; a crafted or corrupt file is a UserError."""
+    return load_weights(resolve_checkpoint(target), "checkpoint", map_location)

@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ncsn.checkpoint import load_weights
 from ncsn.errors import UserError
 
 __all__ = [
@@ -303,17 +303,7 @@ def find_cached_weights(cache_dir: str | Path | None = None) -> Path | None:
 
 def read_state_dict(path: str | Path) -> dict:
     """``torch.load(path, weights_only=True)``: a pickle asking for any other object is refused."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UserError(f"refusing to load {path}: it is not a plain weights file (its pickle asks for objects "
-                        f"other than tensors and plain values, which could execute code)") from None
-    except Exception as err:  # truncated or corrupt archives
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot read weights {path}: {reason}") from None
-    if not isinstance(state, dict):
-        raise UserError(f"{path} does not hold a dict of weights")
-    return state
+    return load_weights(path, "weights")
 
 
 def _download(url: str, dest: Path, progress: bool) -> None:

@@ -29,15 +29,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ncsn.checkpoint import load_weights, save_atomic
 from ncsn.errors import UserError
 
 __all__ = ["FORMAT", "DigitClassifier", "load_classifier", "save_classifier", "shipped_classifier_path",
@@ -118,19 +116,7 @@ def save_classifier(model: DigitClassifier, path: str | Path, **meta) -> dict:
     state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "arch": dict(model.arch), "state_dict": state,
                "weights_sha256": state_dict_sha256(state), **meta}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_atomic(payload, path)
     return payload
 
 
@@ -143,14 +129,7 @@ def load_classifier(path: str | Path, device="cpu") -> tuple[DigitClassifier, di
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"classifier weights not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UserError(f"refusing to load {path}: it is not a plain weights file (its pickle asks for objects "
-                        f"other than tensors and plain values, which could execute code)") from None
-    except Exception as err:  # truncated or corrupt archives
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot read classifier weights {path}: {reason}") from None
+    payload = load_weights(path, "classifier weights")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is not a classifier weights file (written by `ncsn train-classifier`)")
     missing = [k for k in _REQUIRED if k not in payload]
