@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
                         "level (default: ncsn)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps (default: {DEFAULT_STEPS})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--out", required=True, help="output directory for toy.png and metrics.json")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory for toy.png and metrics.json")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--n-samples", type=int, default=5000, help="samples per sampler (default: 5000)")
     p.add_argument("--energy", action="store_true", help="train an energy network E(x, sigma), s = -grad E")
