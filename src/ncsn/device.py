@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ncsn.errors import UserError
@@ -17,3 +19,22 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError as err:
         raise UserError(f"unknown device {name!r}: {err}") from None
+
+
+@contextlib.contextmanager
+def single_cpu_thread(device):
+    """Run the block with one intra-op CPU thread when ``device`` is the CPU (restored afterwards).
+
+    Small models (2-D MLPs, 8x8 classifiers) run millisecond-sized operations; splitting them
+    over threads costs more than it saves, and on a loaded 2-core machine it made them 10-40x
+    slower.
+    """
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -37,7 +37,6 @@ sigma_L^2 I)); a third row, ``data``, scores a fresh exact sample the same way a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -48,7 +47,7 @@ import torch
 from torch import nn
 
 from ncsn.data.toy import GaussianMixture, get_toy
-from ncsn.device import resolve_device
+from ncsn.device import resolve_device, single_cpu_thread
 from ncsn.energy import EnergyScore
 from ncsn.errors import DivergenceError, UserError
 from ncsn.losses import dsm, exact_sm, ncsn_loss, sliced_sm
@@ -263,22 +262,6 @@ def plot_toy(path, data: torch.Tensor, samples: dict[str, torch.Tensor], score_f
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-@contextlib.contextmanager
-def single_cpu_thread(device: torch.device):
-    """Run torch's CPU ops on one thread inside the block (then restore the setting). Networks this small
-    gain little from intra-op threads, and lose much when the cores are shared: a training step took
-    9 ms on one thread and 275 ms on two on a loaded 2-core machine."""
-    if device.type != "cpu":
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def run_toy(out, dist: str = "mixture", objective: str = "ncsn", steps: int = DEFAULT_STEPS, seed: int = 0,

@@ -27,7 +27,6 @@ identifies the weights independently of how the file was pickled, and is checked
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ncsn.checkpoint import load_weights, save_atomic
+from ncsn.device import single_cpu_thread  # noqa: F401  (re-exported)
 from ncsn.errors import UserError
 
 __all__ = ["FORMAT", "DigitClassifier", "load_classifier", "save_classifier", "shipped_classifier_path",
@@ -75,24 +75,6 @@ class DigitClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits ``(N, n_classes)``."""
         return self.head(self.features(x))
-
-
-@contextlib.contextmanager
-def single_cpu_thread(device):
-    """Run the block with one intra-op CPU thread when ``device`` is the CPU (restored afterwards).
-
-    The classifier's operations on 8x8 batches take about a millisecond; splitting them over
-    threads costs more than it saves, and on a loaded machine it made training 10-40x slower.
-    """
-    if torch.device(device).type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
