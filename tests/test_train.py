@@ -131,3 +131,16 @@ def test_cli_train_sample_inpaint_on_a_tiny_budget(tmp_path, capsys):
     capsys.readouterr()
     assert main(["sample", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_ema_rate_warms_up_then_holds():
+    from ncsn.train import ema_rate_at, update_ema
+
+    assert ema_rate_at(0.999, 0) == pytest.approx(0.1)
+    assert ema_rate_at(0.999, 90) == pytest.approx(0.91)
+    assert ema_rate_at(0.999, 100_000) == 0.999
+    torch.manual_seed(0)
+    model, ema = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = ema.weight.detach().clone()
+    update_ema(ema, model, 0.9)
+    assert torch.allclose(ema.weight, 0.9 * before + 0.1 * model.weight)

@@ -31,6 +31,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "compile": False,         # torch.compile the score network
         "compile_backend": "inductor",  # torch.compile backend (aot_eager: no C++ toolchain needed)
         "channels_last": False,
+        "cpu_threads": 0,         # torch intra-op threads on the CPU (0: torch's default)
         "num_workers": 0,         # background decoding workers for lazily read datasets
     },
     "data": {

@@ -38,3 +38,10 @@ def single_cpu_thread(device):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def apply_cpu_threads(config: dict, device: torch.device) -> None:
+    """Use ``training.cpu_threads`` intra-op threads when running on the CPU (0 leaves torch's default)."""
+    threads = config["training"].get("cpu_threads", 0)
+    if device.type == "cpu" and threads > 0:
+        torch.set_num_threads(threads)

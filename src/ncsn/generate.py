@@ -25,11 +25,13 @@ def load_model_for_sampling(target: str | Path, use_ema: bool = True,
     Returns ``(model, config, info)`` with ``info`` the checkpoint path, step and
     whether the EMA weights were used.
     """
+    from ncsn.device import apply_cpu_threads
     from ncsn.train import build_score_model
 
     path = ckpt.resolve_checkpoint(target)
     state = ckpt.load_checkpoint(path, map_location="cpu")
     config = state["config"]
+    apply_cpu_threads(config, torch.device(device))
     model = build_score_model(config)
     weights = state["ema"] if use_ema and "ema" in state else state["model"]
     model.load_state_dict(weights)
