@@ -21,7 +21,7 @@ NCSN := $(VENV)/bin/ncsn
 # inpainting and the evaluation table. Re-running continues the run instead of starting over.
 demo: $(STAMP)
 	$(NCSN) train configs/digits.yaml --workdir demo --resume
-	$(NCSN) sample demo --n 500 --grid-n 100 --out demo/samples.png --strip demo/strip.png --npz demo/samples.npz
+	$(NCSN) sample demo --n 250 --grid-n 100 --out demo/samples.png --strip demo/strip.png --npz demo/samples.npz
 	$(NCSN) eval --fake demo/samples.npz --dataset digits --metrics fid,is,kid,pr --baselines --out demo/eval.json
 	$(NCSN) inpaint demo --n-images 6 --completions 5 --mask right --out demo/inpainting.png
 	$(NCSN) toy --dist mixture --objective ncsn --out demo/toy

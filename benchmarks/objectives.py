@@ -104,7 +104,7 @@ def main() -> None:
         # a multi-second step is dominated by arithmetic, not first-call costs: its first run counts,
         # and it is repeated in fewer rounds (3 samples in all) to keep the whole run short
         times = {name: [first[name]] if first[name] > SLOW else [] for name in names}
-        for r in range(rounds):
+        for _ in range(rounds):
             for name, step in steps.items():
                 if first[name] > SLOW and len(times[name]) >= 3:
                     continue

@@ -18,6 +18,15 @@ CHOL = torch.tensor([[1.5, 0.0, 0.0], [0.4, 0.8, 0.0], [-0.3, 0.2, 1.1]], dtype=
 SIGMA = CHOL @ CHOL.T
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one intra-op thread avoids threading overhead on a shared machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def whitened(n, dim, seed):
     """n x dim standard normal rows with sample mean exactly 0 and sample covariance (1/n) exactly I."""
     w = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)

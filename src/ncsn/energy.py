@@ -4,7 +4,7 @@ An energy-based model p(x) ∝ exp(-E(x)) has score -grad_x E(x) (no normalising
 needed), so wrapping an energy network in :class:`EnergyScore` lets every objective of
 :mod:`ncsn.losses` train it and every sampler of :mod:`ncsn.sampling` draw from it
 (Hyvarinen 2005 trains such models by score matching; Song et al. 2019, "Sliced Score
-Matching", Section 4, does so with sliced score matching).
+Matching", does so with sliced score matching).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ of any shape ``(N, ...)``; squared norms and traces run over all non-batch dimen
 * :func:`dsm`: Vincent (2011), "A Connection Between Score Matching and Denoising Autoencoders":
   1/2 E||s(x~) + (x~ - x) / sigma^2||^2, x~ = x + sigma z.
 * :func:`ncsn_loss`: Song & Ermon (2019), "Generative Modeling by Estimating Gradients of the
-  Data Distribution", Eq. (6)-(7): denoising score matching over L noise levels, weighted by
+  Data Distribution", Section 4.2: denoising score matching over L noise levels, weighted by
   lambda(sigma) = sigma^2.
 
 An energy-based model trains through all of them once wrapped in :class:`EnergyScore`.
@@ -30,8 +30,8 @@ from ncsn.score import ScoreFn, call_score, per_sample, sigma_vector
 __all__ = ["EnergyScore", "dsm", "exact_sm", "exact_sm_loop", "explicit_sm", "ncsn_loss", "sliced_sm"]
 
 PROJECTIONS = ("gaussian", "rademacher")
-_AUTO_CHUNK_ELEMENTS = 2**23
 WEIGHTINGS = ("sigma2", "none")
+_AUTO_CHUNK_ELEMENTS = 2**23  # default cap on chunk_size * N * D in exact_sm
 
 
 def _sum_nonbatch(t: torch.Tensor) -> torch.Tensor:
@@ -52,7 +52,7 @@ def _score_at(score_fn: ScoreFn, x: torch.Tensor, sigma=None) -> torch.Tensor:
 
 
 def explicit_sm(score_fn: ScoreFn, x: torch.Tensor, true_score, sigma=None) -> torch.Tensor:
-    """Explicit score matching: 1/2 E_x ||s(x) - grad_x log p(x)||^2 (Hyvarinen 2005, Eq. 2).
+    """Explicit score matching: 1/2 E_x ||s(x) - grad_x log p(x)||^2 (Hyvarinen 2005).
 
     ``true_score`` is a tensor of grad_x log p at ``x`` (same shape), or a callable giving it:
     called as ``true_score(x)``, or as a score function at level ``sigma`` when one is given.
@@ -140,7 +140,7 @@ def _projections(shape, dist: str, like: torch.Tensor, generator) -> torch.Tenso
 
 def sliced_sm(score_fn: ScoreFn, x: torch.Tensor, n_projections: int = 1, dist: str = "gaussian",
               variance_reduced: bool = False, generator: torch.Generator | None = None, sigma=None) -> torch.Tensor:
-    """Sliced score matching (Song et al. 2019, Eq. 5 and 8):
+    """Sliced score matching (Song et al. 2019):
 
         J(theta) = E_v E_x[ v^T grad_x(v^T s(x)) + 1/2 (v^T s(x))^2 ],
 
@@ -171,7 +171,7 @@ def sliced_sm(score_fn: ScoreFn, x: torch.Tensor, n_projections: int = 1, dist: 
 
 def dsm(score_fn: ScoreFn, x: torch.Tensor, sigma, generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Denoising score matching (Vincent 2011, Eq. 11 with a Gaussian kernel):
+    """Denoising score matching (Vincent 2011, with a Gaussian kernel):
 
         J(theta) = 1/2 E_{x, x~}|| s(x~) + (x~ - x) / sigma^2 ||^2,   x~ = x + sigma z,  z ~ N(0, I),
 
@@ -199,7 +199,7 @@ def _noise_like(x: torch.Tensor, noise, generator) -> torch.Tensor:
 def ncsn_loss(score_fn: ScoreFn, x: torch.Tensor, sigmas, weighting: str = "sigma2",
               generator: torch.Generator | None = None, levels: torch.Tensor | None = None,
               noise: torch.Tensor | None = None) -> torch.Tensor:
-    """NCSN's multi-scale denoising objective (Song & Ermon 2019, Eq. 6-7):
+    """NCSN's multi-scale denoising objective (Song & Ermon 2019, Section 4.2):
 
         L(theta) = 1/L sum_i lambda(sigma_i) 1/2 E||s(x~, sigma_i) + (x~ - x) / sigma_i^2||^2,
 

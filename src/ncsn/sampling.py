@@ -4,7 +4,7 @@
 * :func:`annealed_langevin`: Song & Ermon (2019), "Generative Modeling by Estimating Gradients
   of the Data Distribution", Algorithm 1, with the optional final denoising step.
 * :func:`annealed_langevin_inpaint`: the same paper's conditional sampler for inpainting
-  (Section 6 / Appendix B.3, "Algorithm 2").
+  (its inpainting experiments, Algorithm 2).
 
 All randomness comes from the optional ``generator`` (a ``torch.Generator`` on ``x``'s device),
 so a run is reproducible. The samplers run under ``torch.no_grad()``; a score that needs
@@ -61,7 +61,7 @@ def langevin(score_fn: ScoreFn, x: torch.Tensor, step_size: float, n_steps: int,
              generator: torch.Generator | None = None, sigma=None, callback: Callback | None = None) -> torch.Tensor:
     """Langevin dynamics: x <- x + step_size s(x) + sqrt(2 step_size) z, z ~ N(0, I), ``n_steps`` times.
 
-    In the NCSN paper's notation (Eq. 4, x <- x + eps/2 grad log p + sqrt(eps) z) step_size = eps/2.
+    In the NCSN paper's notation (x <- x + eps/2 grad log p + sqrt(eps) z) step_size = eps/2.
     ``noise=False`` gives gradient ascent on log p. A noise-conditional score is evaluated at
     ``sigma`` (scalar or ``(N,)``), which is then required. ``callback(0, step, x)`` runs after
     each step (``x`` is the working tensor: clone it to keep it).
@@ -153,7 +153,7 @@ def annealed_langevin_inpaint(score_fn: ScoreFn, x: torch.Tensor, known: torch.T
                               step_lr: float, n_steps_each: int, denoise: bool = False,
                               callback: Callback | None = None, generator: torch.Generator | None = None,
                               progress: bool = False) -> torch.Tensor:
-    """Inpainting by annealed Langevin dynamics (Song & Ermon 2019, Appendix B.3).
+    """Inpainting by annealed Langevin dynamics (Song & Ermon 2019, Algorithm 2).
 
     ``mask`` is 1 where ``known`` holds observed values (broadcastable to ``x``). At each level i
     a fresh perturbation y_i = known + sigma_i z of the observation is drawn and the known

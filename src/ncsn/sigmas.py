@@ -11,7 +11,7 @@ step size:
 * Technique 2: a common ratio gamma = sigma_{i-1} / sigma_i with
   Phi(sqrt(2D)(gamma - 1) + 3 gamma) - Phi(sqrt(2D)(gamma - 1) - 3 gamma) ~= 0.5
   (:func:`ratio_for`, :func:`num_levels_for`).
-* Technique 4: the step size making the paper's Eq. (6) closest to 1
+* Technique 4: the step size making the paper's closed-form end-of-level variance closest to 1
   (:func:`end_variance_ratio`, :func:`step_size_for`). Step sizes here are the ``step_lr`` of
   :func:`ncsn.sampling.annealed_langevin` (NCSN's Algorithm 1, x <- x + alpha/2 s + sqrt(alpha) z);
   NCSNv2 writes x <- x + a s + sqrt(2a) z, so its eps is ``step_lr / 2``.
@@ -140,7 +140,7 @@ def num_levels_for(sigma_begin: float, sigma_end: float, dim: int, target: float
 
 
 def end_variance_ratio(step_lr: float, sigma_end: float, gamma: float, n_steps_each: int) -> float:
-    """NCSNv2 Eq. (6): s_T^2 / sigma_i^2, the variance after T annealed Langevin steps at level i.
+    """NCSNv2, Technique 4: s_T^2 / sigma_i^2, the variance after T annealed Langevin steps at level i.
 
     NCSNv2 writes its sampler as x <- x + a_i s + sqrt(2 a_i) z with a_i = eps sigma_i^2 / sigma_L^2,
     whereas :func:`ncsn.sampling.annealed_langevin` (NCSN's Algorithm 1) steps

@@ -104,8 +104,8 @@ class GaussianMixture:
         ``sigma`` is a scalar or an ``(N,)`` tensor, so this is a noise-conditional score function.
         """
         log_terms, var, means = self._component_terms(x, sigma)
-        resp_over_var = torch.softmax(log_terms, dim=1) / var  # (N, K)
-        return resp_over_var @ means - x * resp_over_var.sum(dim=1, keepdim=True)
+        resp_over_var = (torch.softmax(log_terms, dim=1) / var).unsqueeze(-1)  # (N, K, 1)
+        return (resp_over_var * (means.unsqueeze(0) - x.unsqueeze(1))).sum(dim=1)
 
     def convolved(self, sigma: float) -> "GaussianMixture":
         """The mixture convolved with N(0, sigma^2 I): the same means and weights, stds sqrt(std^2 + sigma^2)."""
@@ -114,7 +114,7 @@ class GaussianMixture:
     def nearest_mode(self, x: torch.Tensor) -> torch.Tensor:
         """Index (LongTensor ``(N,)``) of the mean nearest to each row of ``x``."""
         means, _, _ = self._params_like(x)
-        return torch.cdist(x, means).argmin(dim=1)
+        return (x.unsqueeze(1) - means.unsqueeze(0)).square().sum(dim=-1).argmin(dim=1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` draws: a component k ~ Categorical(w), then mu_k + std_k z with z ~ N(0, I)."""
