@@ -8,7 +8,7 @@ interleaved over several rounds, and the median step time is reported with its r
 Sliced score matching (Song et al. 2019) costs about the same at every D; the exact trace needs
 D backward passes, so its cost grows with D.
 
-    python benchmarks/objectives.py [--quick] [--dims 2,16,64,256,784] [--batch 128] [--threads N] [--device auto]
+    python benchmarks/objectives.py [--quick] [--dims 2,16,64,256,784] [--batch 128] [--threads 1] [--device auto]
 """
 
 from __future__ import annotations
@@ -78,12 +78,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per D (default 3, 2 with --quick)")
     parser.add_argument("--objectives", default=",".join(OBJECTIVES))
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for torch (default 1: stable timings on a shared machine; 0 = torch's choice)")
     parser.add_argument("--quick", action="store_true", help="fewer dimensions, rounds and steps")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
-    if args.threads:
+    if device.type == "cpu" and args.threads > 0:
         torch.set_num_threads(args.threads)
     dims = [int(d) for d in (args.dims or ("2,64,256" if args.quick else "2,16,64,256,784")).split(",")]
     names = [n.strip() for n in args.objectives.split(",")]

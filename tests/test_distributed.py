@@ -22,6 +22,31 @@ def sets(*extra):
     return [a for s in TINY + list(extra) for a in ("--set", s)]
 
 
+def assert_same_network(a, b):
+    """Same function (outputs on a fixed batch at every level) and, tensor by tensor, the same weights.
+
+    Some parameters (e.g. the shift of a normalisation followed by another instance normalisation)
+    have a mathematically zero gradient; Adam turns the rounding noise of a different reduction
+    order into full-size steps for them, so a few tensors may differ while the network does not.
+    """
+    from ncsn.config import load_config
+    from ncsn.train import build_score_model
+
+    config = load_config("configs/digits.yaml", TINY)
+    nets = []
+    for state in (a, b):
+        net = build_score_model(config)
+        net.load_state_dict(state["model"])
+        nets.append(net.eval())
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for sigma in nets[0].sigmas.tolist():
+            out_a, out_b = nets[0](x, sigma), nets[1](x, sigma)
+            assert torch.allclose(out_a, out_b, rtol=1e-3, atol=1e-4 / sigma), sigma
+    same = [torch.allclose(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-6) for k in a["model"]]
+    assert sum(same) >= 0.9 * len(same), f"{len(same) - sum(same)} of {len(same)} tensors differ"
+
+
 def torchrun(*args, nproc=2):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
@@ -37,8 +62,7 @@ def test_two_processes_match_one_and_resume_in_one(tmp_path):
     torchrun("train", "configs/digits.yaml", "--workdir", str(two), "--device", "cpu", "--no-progress", *sets())
     a, b = ckpt.load_checkpoint(one), ckpt.load_checkpoint(two)
     assert b["world_size"] == 2 and a["step"] == b["step"] == 4
-    for key in a["model"]:
-        assert torch.allclose(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-6), key
+    assert_same_network(a, b)
     # the weights moved: equality is not trivial
     assert any(not torch.equal(a["model"][k], a["ema"][k]) for k in a["model"] if a["model"][k].is_floating_point())
 
@@ -50,8 +74,7 @@ def test_two_processes_match_one_and_resume_in_one(tmp_path):
                  "--no-progress", *more]) == 0
     a, b = ckpt.load_checkpoint(one), ckpt.load_checkpoint(two)
     assert a["step"] == b["step"] == 6
-    for key in a["model"]:
-        assert torch.allclose(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-6), key
+    assert_same_network(a, b)
 
     # sampling sharded over 2 ranks gives the same samples as 1 process
     npz1, npz2 = tmp_path / "s1.npz", tmp_path / "s2.npz"
