@@ -6,25 +6,19 @@ and covariance are exactly the population ones ("whitened") they hold exactly: t
 below are deterministic and tight (float64, 1e-10).
 """
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 from ncsn.losses import EnergyScore, dsm, exact_sm, exact_sm_loop, explicit_sm, ncsn_loss, sliced_sm
+from ncsn.score import call_score, takes_sigma
 
 DIM = 3
 MU = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
 CHOL = torch.tensor([[1.5, 0.0, 0.0], [0.4, 0.8, 0.0], [-0.3, 0.2, 1.1]], dtype=torch.float64)
 SIGMA = CHOL @ CHOL.T
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one intra-op thread avoids threading overhead on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def whitened(n, dim, seed):
@@ -200,6 +194,21 @@ class Quadratic(nn.Module):
 
     def forward(self, x):
         return 0.5 * ((x @ self.w) * x).sum(dim=1)
+
+
+def test_energy_score_takes_sigma_exactly_when_its_energy_does():
+    unconditional = EnergyScore(Quadratic(DIM))
+    conditional = EnergyScore(lambda v, sigma: (v**2).sum(dim=1) / sigma)
+    assert not takes_sigma(unconditional) and takes_sigma(conditional)
+    x = torch.randn(5, DIM, dtype=torch.float64)
+    torch.testing.assert_close(call_score(unconditional, x), -x)  # no sigma needed
+    with pytest.raises(TypeError, match="pass sigma"):
+        call_score(conditional, x)
+    copied = copy.deepcopy(unconditional)  # as for EMA weights: the copy uses its own energy
+    with torch.no_grad():
+        copied.energy_net.w.mul_(2.0)
+    torch.testing.assert_close(copied(x), -2.0 * x)
+    torch.testing.assert_close(unconditional(x), -x)
 
 
 def test_energy_trains_through_exact_sm_to_the_precision_matrix():

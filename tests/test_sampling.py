@@ -9,15 +9,6 @@ from ncsn.sampling import annealed_langevin, annealed_langevin_inpaint, langevin
 from ncsn.sigmas import geometric
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one intra-op thread avoids threading overhead on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def standard_normal_score(x):
     return -x
 

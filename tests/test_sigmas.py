@@ -18,15 +18,6 @@ from ncsn.sigmas import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one intra-op thread avoids threading overhead on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_geometric_hand_values_and_constant_ratio():
     torch.testing.assert_close(geometric(1.0, 0.01, 3), torch.tensor([1.0, 0.1, 0.01]))
     sigmas = geometric(50.0, 0.01, 232, dtype=torch.float64)

@@ -17,15 +17,6 @@ from ncsn.errors import UserError
 from ncsn.score import call_score
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one intra-op thread avoids threading overhead on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def mixture64():
     means = torch.tensor([[-2.0, 1.0], [1.5, 0.5], [0.0, -3.0]], dtype=torch.float64)
     return GaussianMixture(means, torch.tensor([0.5, 1.0, 0.8]), torch.tensor([0.2, 0.5, 0.3]))
