@@ -1,4 +1,3 @@
-import os
 import pickle
 
 import pytest
@@ -6,6 +5,7 @@ import torch
 
 from ncsn import checkpoint as ckpt
 from ncsn.errors import UserError
+from _payload import CodeRunningPayload
 
 
 def test_rotation_keeps_last_k_and_resolves_newest(tmp_path):
@@ -34,12 +34,6 @@ def test_crash_mid_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch
     assert ckpt.load_checkpoint(tmp_path)["step"] == 1
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_crafted_pickle_is_refused_without_running_code(tmp_path):
@@ -47,12 +41,12 @@ def test_crafted_pickle_is_refused_without_running_code(tmp_path):
     path = tmp_path / "checkpoints" / "checkpoint_7.pt"
     path.parent.mkdir()
     with open(path, "wb") as handle:
-        pickle.dump({"step": 7, "model": _Payload(marker)}, handle, protocol=2)
+        pickle.dump({"step": 7, "model": CodeRunningPayload(marker)}, handle, protocol=2)
     with pytest.raises(UserError, match="refusing to load"):
         ckpt.load_checkpoint(tmp_path)
     assert not marker.exists()
     # the same payload inside a torch.save archive (what a tampered checkpoint looks like)
-    torch.save({"step": 8, "model": _Payload(marker)}, path.parent / "checkpoint_8.pt")
+    torch.save({"step": 8, "model": CodeRunningPayload(marker)}, path.parent / "checkpoint_8.pt")
     with pytest.raises(UserError, match="refusing to load"):
         ckpt.load_checkpoint(tmp_path)
     assert not marker.exists()

@@ -1,6 +1,5 @@
 """The digit classifier: shipped weights, `ncsn train-classifier`, safe loading, the digits extractor."""
 
-import os
 import pickle
 
 import numpy as np
@@ -8,6 +7,7 @@ import pytest
 import torch
 
 from _image_fixtures import make_mnist
+from _payload import CodeRunningPayload
 from ncsn.classifier_training import accuracy, random_shift
 from ncsn.cli import main
 from ncsn.data.images import get_dataset
@@ -83,24 +83,18 @@ def test_train_classifier_on_mnist_files(tmp_path):
         get_extractor("cifar10", classifier=out)
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_crafted_pickle_and_tampered_weights_are_refused(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
-    torch.save({"format": "ncsn-classifier", "payload": _Payload(marker)}, evil)
+    torch.save({"format": "ncsn-classifier", "payload": CodeRunningPayload(marker)}, evil)
     with pytest.raises(UserError, match="refusing to load"):
         load_classifier(evil)
     with pytest.raises(UserError, match="refusing to load"):
         get_extractor("digits", classifier=evil)
     with open(tmp_path / "raw.pt", "wb") as handle:
-        pickle.dump({"payload": _Payload(marker)}, handle, protocol=2)
+        pickle.dump({"payload": CodeRunningPayload(marker)}, handle, protocol=2)
     with pytest.raises(UserError, match="refusing to load"):
         load_classifier(tmp_path / "raw.pt")
     assert not marker.exists()

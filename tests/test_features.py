@@ -1,6 +1,5 @@
 """The FID Inception-v3 (architecture, key names, loading) and the feature-extractor interface."""
 
-import os
 import pickle
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from ncsn.errors import UserError
 from ncsn.metrics import inception as inc
 from ncsn.metrics.features import get_extractor, inception_extractor
+from _payload import CodeRunningPayload
 
 
 @pytest.fixture(autouse=True)
@@ -211,22 +211,16 @@ def test_weights_found_in_the_cache_directory(saved, tmp_path):
         inc.load_fid_inception(cache_dir=cache, download=False)
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_crafted_pickle_is_refused_without_running_code(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
-    torch.save({"fc.weight": torch.zeros(1), "payload": _Payload(marker)}, path)
+    torch.save({"fc.weight": torch.zeros(1), "payload": CodeRunningPayload(marker)}, path)
     with pytest.raises(UserError, match="refusing to load"):
         inc.load_fid_inception(path, verify_checksum=False)
     with open(tmp_path / "raw.pth", "wb") as handle:
-        pickle.dump({"payload": _Payload(marker)}, handle, protocol=2)
+        pickle.dump({"payload": CodeRunningPayload(marker)}, handle, protocol=2)
     with pytest.raises(UserError, match="refusing to load"):
         inc.read_state_dict(tmp_path / "raw.pth")
     with pytest.raises(UserError, match="SHA-256"):  # and by default the checksum already refuses it

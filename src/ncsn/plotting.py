@@ -75,6 +75,13 @@ def save_loss_curve(log_csv: str | Path, path: str | Path) -> Path:
     if losses and min(losses) > 0:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

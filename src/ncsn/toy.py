@@ -256,12 +256,9 @@ def plot_toy(path, data: torch.Tensor, samples: dict[str, torch.Tensor], score_f
         ax.set_aspect("equal")
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    from ncsn.plotting import save_figure
+
+    return save_figure(fig, path)
 
 
 def run_toy(out, dist: str = "mixture", objective: str = "ncsn", steps: int = DEFAULT_STEPS, seed: int = 0,

@@ -155,6 +155,8 @@ def write_metric_vs_step(rows: list[dict], names: list[str], stem: Path) -> list
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ncsn.plotting import save_figure
+
     steps = [r for r in rows if "step" in r["protocol"]]
     keys = sorted({k for r in steps for k in r["metrics"]})
     csv_path, png_path = stem.with_suffix(".csv"), stem.with_suffix(".png")
@@ -169,7 +171,5 @@ def write_metric_vs_step(rows: list[dict], names: list[str], stem: Path) -> list
     ax.set_xlabel("checkpoint step")
     ax.set_ylabel(main_key.upper())
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png_path)
-    plt.close(fig)
+    save_figure(fig, png_path)
     return [str(csv_path), str(png_path)]
