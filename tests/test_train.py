@@ -144,3 +144,11 @@ def test_ema_rate_warms_up_then_holds():
     before = ema.weight.detach().clone()
     update_ema(ema, model, 0.9)
     assert torch.allclose(ema.weight, 0.9 * before + 0.1 * model.weight)
+
+
+def test_sample_grids_during_training(tmp_path):
+    config = tiny_config("training.n_iters=4", "training.sample_freq=2", "training.sample_n=4")
+    train(config, tmp_path, progress=False)
+    grids = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    assert grids == ["step_0000002.png", "step_0000004.png"]
+    assert (tmp_path / "loss.png").stat().st_size > 0
