@@ -31,16 +31,21 @@ def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
     return path
 
 
-def make_mnist(root: Path, n_train: int = 12, n_test: int = 5, seed: int = 0, gz: bool = True,
-               folder: str = "") -> dict[str, np.ndarray]:
-    """Random 28x28 MNIST-like IDX files under ``root / folder``; returns the arrays written."""
+def mnist_arrays(seed: int, n_train: int, n_test: int) -> dict[str, np.ndarray]:
+    """Random MNIST-like images (28x28 uint8) and labels for the four IDX files, by file stem."""
     rng = np.random.default_rng(seed)
-    arrays = {
+    return {
         "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
         "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
         "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
         "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
     }
+
+
+def make_mnist(root: Path, n_train: int = 12, n_test: int = 5, seed: int = 0, gz: bool = True,
+               folder: str = "") -> dict[str, np.ndarray]:
+    """Random 28x28 MNIST-like IDX files under ``root / folder``; returns the arrays written."""
+    arrays = mnist_arrays(seed, n_train, n_test)
     for stem, array in arrays.items():
         write_idx(root / folder / (stem + (".gz" if gz else "")), array, gz=gz)
     return arrays
@@ -48,13 +53,7 @@ def make_mnist(root: Path, n_train: int = 12, n_test: int = 5, seed: int = 0, gz
 
 def mnist_gz_files(seed: int = 0, n_train: int = 6, n_test: int = 3) -> tuple[dict[str, bytes], dict[str, np.ndarray]]:
     """The four gzipped MNIST files as bytes (for serving over HTTP) and their arrays."""
-    rng = np.random.default_rng(seed)
-    arrays = {
-        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
-        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
-    }
+    arrays = mnist_arrays(seed, n_train, n_test)
     return {stem + ".gz": gzip.compress(idx_bytes(a), mtime=0) for stem, a in arrays.items()}, arrays
 
 

@@ -138,14 +138,14 @@ def prepare_batch(images: torch.Tensor, draws: StepDraws, n_levels: int, logit: 
     ``(v + u) / K`` with ``u ~ U[0, 1)`` (Theis et al. 2016; the NCSN code's
     ``x * 255/256 + u/256`` for K = 256).
     """
+    from ncsn.data.transforms import dequantize, flip_where, logit_transform
+
     x = images
     if draws.dequant is not None:
-        x = (x * (n_levels - 1) + draws.dequant) / n_levels
+        x = dequantize(x, n_levels, noise=draws.dequant)
     if draws.flip is not None:
-        x = torch.where(draws.flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        x = flip_where(x, draws.flip)
     if logit:
-        from ncsn.data.transforms import logit_transform
-
         x = logit_transform(x)
     return x
 

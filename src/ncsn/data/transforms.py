@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["dequantize", "random_flip", "logit_transform", "inverse_logit_transform", "augment"]
+__all__ = ["dequantize", "random_flip", "flip_where", "logit_transform", "inverse_logit_transform", "augment"]
 
 
 def _check_batch(x: torch.Tensor) -> None:
@@ -29,16 +29,17 @@ def _uniform(shape, like: torch.Tensor, generator: torch.Generator | None) -> to
     return torch.rand(shape, generator=generator, device=like.device, dtype=dtype)
 
 
-def dequantize(x: torch.Tensor, n_levels: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def dequantize(x: torch.Tensor, n_levels: int, generator: torch.Generator | None = None,
+               noise: torch.Tensor | None = None) -> torch.Tensor:
     """Uniform dequantisation ``(x (K - 1) + u) / K`` with ``u ~ U[0, 1)`` and ``K = n_levels``.
 
     For ``x = v / (K - 1)`` (``v`` in ``0..K-1``) the result is uniform on the bin
     ``[v / K, (v + 1) / K)`` (Theis et al. 2016). ``K = 256`` gives NCSN's
-    ``x * 255/256 + u/256``.
+    ``x * 255/256 + u/256``. ``noise`` supplies ``u`` (drawn from ``generator`` otherwise).
     """
     if int(n_levels) < 2:
         raise ValueError(f"n_levels must be >= 2, got {n_levels}")
-    u = _uniform(x.shape, x, generator)
+    u = _uniform(x.shape, x, generator) if noise is None else noise
     return (x * (n_levels - 1) + u) / n_levels
 
 
@@ -49,8 +50,12 @@ def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> to
 
 def _flip_half(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     _check_batch(x)
-    flip = torch.rand((x.shape[0],), generator=generator, device=x.device) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    return flip_where(x, torch.rand((x.shape[0],), generator=generator, device=x.device) < 0.5)
+
+
+def flip_where(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Flip left-right the images of the batch where the ``(B,)`` boolean ``mask`` is true."""
+    return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
 def logit_transform(x: torch.Tensor, lam: float = 1e-6) -> torch.Tensor:
