@@ -23,11 +23,15 @@ def sets(*extra):
 
 
 def assert_same_network(a, b):
-    """Same function (outputs on a fixed batch at every level) and, tensor by tensor, the same weights.
+    """Same function (outputs on a fixed batch at every level) and nearly the same weights.
 
-    Some parameters (e.g. the shift of a normalisation followed by another instance normalisation)
-    have a mathematically zero gradient; Adam turns the rounding noise of a different reduction
-    order into full-size steps for them, so a few tensors may differ while the network does not.
+    Adam moves every weight by at most about ``lr`` per step, whatever the gradient's size. Some
+    parameters (e.g. the shift of a normalisation followed by another instance normalisation) have
+    a mathematically zero gradient, and Adam turns the rounding noise of a different reduction
+    order into steps of up to that size for them. So: at least 90 % of the tensors agree to 1 % of
+    the largest possible displacement ``lr * steps``, and all of them to half of it. A rank that
+    trained on the wrong data or skipped the gradient averaging moves most weights by about
+    ``lr`` per step in another direction and fails both.
     """
     from ncsn.config import load_config
     from ncsn.train import build_score_model
@@ -43,8 +47,13 @@ def assert_same_network(a, b):
         for sigma in nets[0].sigmas.tolist():
             out_a, out_b = nets[0](x, sigma), nets[1](x, sigma)
             assert torch.allclose(out_a, out_b, rtol=1e-3, atol=1e-4 / sigma), sigma
-    same = [torch.allclose(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-6) for k in a["model"]]
-    assert sum(same) >= 0.9 * len(same), f"{len(same) - sum(same)} of {len(same)} tensors differ"
+    reach = config["optim"]["lr"] * a["step"]
+    gaps = {k: (a["model"][k].double() - b["model"][k].double()).abs().max().item()
+            for k in a["model"] if a["model"][k].is_floating_point()}
+    close = sum(gap <= 0.01 * reach for gap in gaps.values())
+    assert close >= 0.9 * len(gaps), f"{len(gaps) - close} of {len(gaps)} tensors differ by > 1% of lr*steps"
+    worst = max(gaps, key=gaps.get)
+    assert gaps[worst] <= 0.5 * reach, f"{worst} differs by {gaps[worst]:.3g} (lr*steps = {reach:.3g})"
 
 
 def torchrun(*args, nproc=2):
