@@ -1,10 +1,14 @@
-"""torchrun with 2 CPU processes (gloo) trains the same weights as 1 process on the same global batch."""
+"""torchrun on CPU (gloo): 2 processes, or 2 one-process "machines" joined by the c10d rendezvous, train
+the same weights as 1 process on the same global batch; sampling and evaluation shard over ranks."""
 
+import json
 import os
+import socket
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from ncsn import checkpoint as ckpt
@@ -56,13 +60,29 @@ def assert_same_network(a, b):
     assert gaps[worst] <= 0.5 * reach, f"{worst} differs by {gaps[worst]:.3g} (lr*steps = {reach:.3g})"
 
 
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
 def torchrun(*args, nproc=2):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            "-m", "ncsn", *args]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def torchrun_two_nodes(*args):
+    """Two torchrun launchers of one process each, joined by the c10d rendezvous (the multi-machine command)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+           "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=ncsn-test", "-m", "ncsn", *args]
+    nodes = [subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for node in nodes:
+        _, err = node.communicate(timeout=300)
+        assert node.returncode == 0, err[-3000:]
 
 
 def test_two_processes_match_one_and_resume_in_one(tmp_path):
@@ -74,6 +94,13 @@ def test_two_processes_match_one_and_resume_in_one(tmp_path):
     assert_same_network(a, b)
     # the weights moved: equality is not trivial
     assert any(not torch.equal(a["model"][k], a["ema"][k]) for k in a["model"] if a["model"][k].is_floating_point())
+
+    # two "machines" of one process each, joined by torchrun's c10d rendezvous, train the same network
+    nodes = tmp_path / "nodes"
+    torchrun_two_nodes("train", "configs/digits.yaml", "--workdir", str(nodes), "--device", "cpu", "--no-progress", *sets())
+    c = ckpt.load_checkpoint(nodes)
+    assert c["world_size"] == 2 and c["step"] == 4
+    assert_same_network(a, c)
 
     # a 2-process checkpoint resumes in 1 process and matches the 1-process run continued the same way
     more = sets("training.n_iters=6")
@@ -94,6 +121,17 @@ def test_two_processes_match_one_and_resume_in_one(tmp_path):
     s1, s2 = np.load(npz1)["samples"], np.load(npz2)["samples"]
     assert s1.shape == s2.shape == (10, 1, 8, 8)
     np.testing.assert_allclose(s1, s2, atol=1e-5)
+
+    # evaluation shards its sampling over 2 ranks too: same samples, so the same scores
+    eval_args = ["--n", "10", "--batch-size", "3", "--metrics", "fid,is", "--real-n", "50", "--device", "cpu",
+                 "--no-progress"]
+    e1, e2 = tmp_path / "e1.json", tmp_path / "e2.json"
+    assert main(["eval", str(one), "--out", str(e1), *eval_args]) == 0
+    torchrun("eval", str(one), "--out", str(e2), *["--num-samples" if a == "--n" else a for a in eval_args])
+    r1, r2 = (json.loads(e.read_text())["results"][0] for e in (e1, e2))
+    assert r1["protocol"]["n_fake"] == r2["protocol"]["n_fake"] == 10
+    for name in ("fid", "is"):
+        assert r1["metrics"][name] == pytest.approx(r2["metrics"][name], rel=1e-4), name
 
 
 def test_shard_sizes_cover_everything():
