@@ -306,6 +306,9 @@ def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,
     end = t["n_iters"] if max_steps is None else min(t["n_iters"], start + max_steps)
     bar = tqdm(total=t["n_iters"], initial=start, disable=not (progress and ctx.is_main),
                desc="train", unit="step", dynamic_ncols=True)
+    if t["compile"] and progress and ctx.is_main and start < end:
+        bar.write(f"torch.compile (backend {t['compile_backend']}): the first step compiles the network, which can "
+                  f"take minutes (about 5 for RefineNet with inductor on a 2-core CPU); torch caches the result")
     running = None
     last_saved = existing[-1][0] if (resume and existing) else None
     began, status = time.perf_counter(), "finished"
