@@ -144,3 +144,34 @@ def test_cifar10_download_through_env_url(server, tmp_path, monkeypatch):
     data = get_dataset("cifar10", root=tmp_path / "c", train=False, download=True, progress=False)
     assert (tmp_path / "c" / "cifar-10-python.tar.gz").read_bytes() == tarball
     assert np.array_equal(data.images.reshape(2, -1).numpy(), arrays["test_batch"][0])
+
+
+def test_train_classifier_and_eval_fetch_mnist_with_download_flag(server, tmp_path, monkeypatch, capsys):
+    from ncsn.cli import main
+
+    url, www, requests = server
+    files, arrays = mnist_gz_files(seed=2, n_train=20, n_test=10)
+    for name, raw in files.items():
+        (www / name).write_bytes(raw)
+    monkeypatch.setattr(download, "MNIST_FILES", {name: _md5(raw) for name, raw in files.items()})
+    monkeypatch.setenv("NCSN_MNIST_MIRROR", url)
+    monkeypatch.setenv("NCSN_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "mnist_classifier.pt"
+    common = ["--device", "cpu", "--no-progress"]
+
+    # without --download: a one-line error that names the flag, and nothing fetched
+    assert main(["train-classifier", "--dataset", "mnist", "--data-root", str(tmp_path / "a"), "--out", str(weights),
+                 "--epochs", "1", *common]) == 2
+    assert "--download" in capsys.readouterr().err and requests == []
+
+    assert main(["train-classifier", "--dataset", "mnist", "--data-root", str(tmp_path / "a"), "--out", str(weights),
+                 "--epochs", "1", "--download", *common]) == 0
+    assert weights.exists() and sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(files)
+
+    fake = tmp_path / "fake.npz"
+    np.savez(fake, samples=np.random.default_rng(0).random((10, 1, 28, 28), dtype=np.float32))
+    assert main(["eval", "--fake", str(fake), "--dataset", "mnist", "--data-root", str(tmp_path / "b"),
+                 "--classifier", str(weights), "--metrics", "fid", "--download", "--out", str(tmp_path / "e.json"),
+                 *common]) == 0
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == sorted(files)
+    assert len(requests) == 8

@@ -74,7 +74,8 @@ def _lr_at(step: int, total: int, peak: float) -> float:
 
 def train_classifier(dataset: str = "digits", data_root=None, epochs: int | None = None, seed: int = 0,
                      device="cpu", batch_size: int | None = None, lr: float | None = None, width: int = 32,
-                     feature_dim: int = 128, progress: bool = True) -> tuple[DigitClassifier, dict]:
+                     feature_dim: int = 128, progress: bool = True,
+                     download: bool = False) -> tuple[DigitClassifier, dict]:
     """Train a :class:`DigitClassifier` on ``dataset``'s training split.
 
     Returns ``(model in eval mode, report)``; the report holds the metadata saved with the
@@ -92,8 +93,8 @@ def train_classifier(dataset: str = "digits", data_root=None, epochs: int | None
     if settings["epochs"] < 1 or settings["batch_size"] < 1 or not settings["lr"] > 0:
         raise UserError(f"epochs and batch size must be >= 1 and lr > 0, got {settings}")
     device = torch.device(device)
-    train = get_dataset(dataset, root=data_root, train=True, download=False, progress=progress)
-    test = get_dataset(dataset, root=data_root, train=False, download=False, progress=progress)
+    train = get_dataset(dataset, root=data_root, train=True, download=download, progress=progress)
+    test = get_dataset(dataset, root=data_root, train=False, download=download, progress=progress)
     if train.labels is None or test.labels is None:
         raise UserError(f"{dataset} has no labels to train a classifier on")
 

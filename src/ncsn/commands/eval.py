@@ -21,6 +21,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data-root", help="where the reference dataset lives (default: the run's data.root)")
     p.add_argument("--split", default="train", choices=["train", "test", "all"],
                    help="reference split (default: train, as FID on CIFAR-10 is usually reported)")
+    p.add_argument("--download", action="store_true",
+                   help="fetch MNIST / CIFAR-10 into --data-root when they are not there (MD5-checked)")
     p.add_argument("--real-n", type=int, help="use at most this many reference images (default: all)")
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=1000,
                    help="samples to generate (default 1000; under torchrun spell it --num-samples)")
@@ -108,11 +110,12 @@ def run(args) -> int:
 
     extractor = get_extractor(dataset, inception_weights=args.inception_weights, classifier=args.classifier,
                               device=ctx.device)
-    real = ev.real_features(extractor, dataset, root, args.split, size, channels, args.real_n, progress)
+    real = ev.real_features(extractor, dataset, root, args.split, size, channels, args.real_n, progress,
+                           args.download)
     if args.baselines:
         held_out = "test" if args.split == "train" else "train"
         n_base = min(args.n if args.target else len(sources[0][1]), 10_000)
-        real_other = ev.load_real_images(dataset, root, held_out, size, channels, n_base)
+        real_other = ev.load_real_images(dataset, root, held_out, size, channels, n_base, args.download)
         noise = torch.rand((n_base, channels, size, size), generator=torch.Generator().manual_seed(args.seed))
         sources += [({"baseline": f"real {dataset}/{held_out} images"}, real_other, f"real ({held_out})"),
                     ({"baseline": "uniform noise"}, noise, "uniform noise")]

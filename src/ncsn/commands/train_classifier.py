@@ -10,6 +10,8 @@ def add_parser(subparsers) -> None:
                     "accuracy and save weights + metadata (loadable with weights_only=True).")
     p.add_argument("--dataset", default="digits", choices=["digits", "mnist"], help="default: digits")
     p.add_argument("--data-root", help="where the dataset lives (MNIST IDX files; unused by digits)")
+    p.add_argument("--download", action="store_true",
+                   help="fetch MNIST into --data-root when it is not there (MD5-checked)")
     p.add_argument("--out", required=True, help="weights file to write, e.g. mnist_classifier.pt")
     p.add_argument("--epochs", type=int, help="training epochs (default: 30 digits, 3 mnist)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, batch order and shifts")
@@ -27,7 +29,8 @@ def run(args) -> int:
     if args.epochs is not None and args.epochs < 1:
         raise UserError("--epochs must be at least 1")
     model, report = train_classifier(args.dataset, data_root=args.data_root, epochs=args.epochs, seed=args.seed,
-                                     device=resolve_device(args.device), progress=not args.no_progress)
+                                     device=resolve_device(args.device), progress=not args.no_progress,
+                                     download=args.download)
     try:
         saved = save_classifier(model, args.out, **report)
     except OSError as err:

@@ -614,8 +614,8 @@ def _get_mnist(split, size, root, download, progress, **_):
         missing = _mnist_missing(root, parts)
     if missing:
         raise UserError(f"MNIST not found: no {', '.join(m + '[.gz]' for m in missing)} in {root} or "
-                        f"{root / 'MNIST' / 'raw'}; put the IDX files there or pass download=True "
-                        f"(data.download: true)")
+                        f"{root / 'MNIST' / 'raw'}; put the IDX files there, or let ncsn fetch "
+                        f"them: --download, or data.download: true in a training config")
     x, y, where = _load_mnist(root, parts)
     return InMemoryImageDataset("mnist", _resize_stack(x, size), 256, split, where, y)
 
@@ -628,7 +628,8 @@ def _get_cifar10(split, size, root, download, progress, **_):
         path = download_cifar10(root, progress=progress)
     if path is None:
         raise UserError(f"CIFAR-10 not found: no cifar-10-python.tar.gz or {_CIFAR_DIR}/ in {root}; "
-                        f"put it there or pass download=True (data.download: true)")
+                        f"put it there, or let ncsn fetch it: "
+                        f"--download, or data.download: true in a training config")
     parts = {"train": ["train"], "test": ["test"], "all": ["train", "test"]}[split]
     x, y = _load_cifar10(path, parts)
     return InMemoryImageDataset("cifar10", _resize_stack(x, size), 256, split, str(path), y)
