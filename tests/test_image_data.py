@@ -102,7 +102,7 @@ def test_mnist_torchvision_layout_uncompressed_and_resize(tmp_path):
 
 
 def test_mnist_missing_and_corrupt_files(tmp_path):
-    with pytest.raises(UserError, match="MNIST not found.*download=True"):
+    with pytest.raises(UserError, match="MNIST not found.*--download"):
         get_dataset("mnist", root=tmp_path)
     make_mnist(tmp_path, n_train=3, n_test=2)
     images = tmp_path / "train-images-idx3-ubyte.gz"
@@ -202,7 +202,7 @@ def test_cifar10_corrupt_files(tmp_path):
     with pytest.raises(UserError, match="corrupt pickle .*test_batch"):
         get_dataset("cifar10", root=tmp_path, train=False)
     tarball.unlink()
-    with pytest.raises(UserError, match="CIFAR-10 not found.*download=True"):
+    with pytest.raises(UserError, match="CIFAR-10 not found.*--download"):
         get_dataset("cifar10", root=tmp_path)
 
 
