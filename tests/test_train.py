@@ -1,7 +1,9 @@
 """The training loop: exact resume, interruption, divergence, and the CLI on tiny budgets."""
 
+import csv
 import os
 import signal
+import types
 
 import numpy as np
 import pytest
@@ -152,3 +154,17 @@ def test_sample_grids_during_training(tmp_path):
     grids = sorted(p.name for p in (tmp_path / "samples").iterdir())
     assert grids == ["step_0000002.png", "step_0000004.png"]
     assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_logged_steps_per_second_cover_the_last_interval_only(tmp_path, monkeypatch):
+    """A slow first step (as when torch.compile compiles) must not drag down the later rates."""
+    import ncsn.train as train_module
+
+    ticks = iter([0.0, 100.0] + [100.0 + k for k in range(1, 50)])  # start, step 1 after 100 s, then 1 s per step
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    config = load_config("configs/digits.yaml", TINY + ["training.n_iters=4"])
+    train(config, tmp_path, device="cpu", progress=False)
+    with open(tmp_path / "log.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(r["steps_per_s"]) for r in rows] == [0.01, 1.0, 1.0, 1.0]
+    assert [float(r["elapsed_s"]) for r in rows] == [100.0, 101.0, 102.0, 103.0]

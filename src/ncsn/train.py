@@ -312,6 +312,7 @@ def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,
     running = None
     last_saved = existing[-1][0] if (resume and existing) else None
     began, status = time.perf_counter(), "finished"
+    logged_at, logged_step = began, start  # steps/s in the log is over the last log interval
     step = start
     with _StopSignals() as stop, open(log_path, "a", newline="") if ctx.is_main else contextlib.nullcontext() as log:
         writer = csv.writer(log) if ctx.is_main else None
@@ -353,9 +354,11 @@ def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4f}")
             if ctx.is_main and (step % t["log_freq"] == 0 or step == end):
-                elapsed = time.perf_counter() - began
-                writer.writerow([step, f"{value:.6f}", optimizer.param_groups[0]["lr"],
-                                 f"{(step - start) / max(elapsed, 1e-9):.3f}", f"{elapsed:.1f}"])
+                now = time.perf_counter()
+                rate = (step - logged_step) / max(now - logged_at, 1e-9)
+                writer.writerow([step, f"{value:.6f}", optimizer.param_groups[0]["lr"], f"{rate:.3f}",
+                                 f"{now - began:.1f}"])
+                logged_at, logged_step = now, step
                 log.flush()
             if t["sample_freq"] and step % t["sample_freq"] == 0 and ctx.is_main:
                 _sample_grid(config, ema, sigmas, workdir / "samples" / f"step_{step:07d}.png")
