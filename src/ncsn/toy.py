@@ -157,7 +157,7 @@ def train_score(model: nn.Module, dist, objective: str, sigmas: torch.Tensor, st
             if bar is not None:
                 bar.update(1)
                 if step % 25 == 0 or step == steps - 1:
-                    bar.set_postfix(loss=f"{float(loss):.4f}")
+                    bar.set_postfix(loss=f"{float(losses[-1]):.4f}")
     finally:
         if bar is not None:
             bar.close()
