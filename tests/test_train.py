@@ -168,3 +168,14 @@ def test_logged_steps_per_second_cover_the_last_interval_only(tmp_path, monkeypa
         rows = list(csv.DictReader(handle))
     assert [float(r["steps_per_s"]) for r in rows] == [0.01, 1.0, 1.0, 1.0]
     assert [float(r["elapsed_s"]) for r in rows] == [100.0, 101.0, 102.0, 103.0]
+
+
+def test_train_announces_what_it_trains(tmp_path, capsys):
+    sets = [a for s in TINY + ["training.n_iters=2"] for a in ("--set", s)]
+    assert main(["train", "configs/digits.yaml", "--workdir", str(tmp_path), "--device", "cpu", *sets]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("digits/train: 1500 images 1x8x8 | RefineNet ngf=8, ")
+    assert "| 4 sigmas 2 -> 0.05 | batch 16 over 1 process(es) on cpu | amp off | steps 0 -> 2" in first
+    assert main(["train", "configs/digits.yaml", "--workdir", str(tmp_path), "--device", "cpu", "--resume",
+                 *sets, "--set", "training.n_iters=3"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("steps 2 -> 3 (resumed)")

@@ -215,6 +215,19 @@ def _truncate_log(path: Path, step: int) -> None:
 LOG_FIELDS = ["step", "loss", "lr", "steps_per_s", "elapsed_s"]
 
 
+def describe_run(config: dict, dataset, model: nn.Module, sigmas: torch.Tensor, ctx: distributed.Context,
+                 start: int, end: int) -> str:
+    """One line saying what is about to be trained, on what, where and how far."""
+    t, m = config["training"], config["model"]
+    n_params = sum(p.numel() for p in model.parameters())
+    speed = [f"amp {t['amp']}"] + (["compile"] if t["compile"] else []) + (["channels-last"] if t["channels_last"] else [])
+    return (f"{dataset.name}/{dataset.split}: {len(dataset)} images {dataset.channels}x{dataset.image_size}x"
+            f"{dataset.image_size} | RefineNet ngf={m['ngf']}, {n_params / 1e6:.2f} M parameters | "
+            f"{len(sigmas)} sigmas {float(sigmas[0]):g} -> {float(sigmas[-1]):g} | batch {t['batch_size']} over "
+            f"{ctx.world_size} process(es) on {ctx.device} | {', '.join(speed)} | "
+            f"steps {start} -> {end}{' (resumed)' if start else ''}")
+
+
 def train(config: dict, workdir: str | Path, resume: bool = False, device: str = "auto",
           max_steps: int | None = None, progress: bool = True) -> dict:
     """Train the score network of ``config`` in ``workdir``; returns a summary dict.
@@ -304,6 +317,8 @@ def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,
         return ckpt.save_checkpoint(workdir, step, state, keep=t["keep_checkpoints"])
 
     end = t["n_iters"] if max_steps is None else min(t["n_iters"], start + max_steps)
+    if ctx.is_main and progress:
+        print(describe_run(config, dataset, model, sigmas, ctx, start, end), flush=True)
     bar = tqdm(total=t["n_iters"], initial=start, disable=not (progress and ctx.is_main),
                desc="train", unit="step", dynamic_ncols=True)
     if t["compile"] and progress and ctx.is_main and start < end:
