@@ -20,6 +20,7 @@ import time
 import torch
 from torch import nn
 
+from ncsn.device import synchronize
 from ncsn.models.refinenet import RefineNet
 
 SETTINGS = {  # name: (channels, image size, ngf, L, sigma_1)
@@ -59,8 +60,7 @@ def time_steps(net: nn.Module, x: torch.Tensor, sigma: torch.Tensor, steps: int)
         loss = 0.5 * (s * net(x + s * noise, sigma) + noise).square().sum(dim=(1, 2, 3)).mean()
         loss.backward()
         opt.step()
-        if x.is_cuda:
-            torch.cuda.synchronize()
+        synchronize(x.device)
 
     step()
     times = []

@@ -20,7 +20,7 @@ import time
 import torch
 from torch import nn
 
-from ncsn.device import resolve_device
+from ncsn.device import resolve_device, synchronize
 from ncsn.losses import dsm, exact_sm, exact_sm_loop, sliced_sm
 
 OBJECTIVES = {
@@ -39,11 +39,6 @@ def score_mlp(dim: int, width: int = 128) -> nn.Module:
                          nn.Linear(width, width), nn.Softplus(), nn.Linear(width, dim))
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def make_step(name: str, dim: int, batch: int, device: torch.device):
     """A closure running one training step of objective ``name``, returning its wall time."""
     torch.manual_seed(0)
@@ -54,13 +49,13 @@ def make_step(name: str, dim: int, batch: int, device: torch.device):
     objective = OBJECTIVES[name]
 
     def step() -> float:
-        sync(device)
+        synchronize(device)
         start = time.perf_counter()
         loss = objective(model, x, gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        sync(device)
+        synchronize(device)
         return time.perf_counter() - start
 
     return step

@@ -15,14 +15,9 @@ import time
 import torch
 
 from ncsn.config import load_config
-from ncsn.device import resolve_device
+from ncsn.device import resolve_device, synchronize
 from ncsn.sampling import annealed_langevin
 from ncsn.train import build_score_model, make_sigmas
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -52,14 +47,14 @@ def main() -> None:
         with torch.no_grad():
             for _ in range(n_evals):
                 out = model(x, sigma_vec)
-        sync(device)
+        synchronize(device)
         return out
 
     def sampler():
         gen = torch.Generator(device=device).manual_seed(0)
         with torch.no_grad():
             out = annealed_langevin(model, x0.clone(), sigmas, 2e-5, args.steps, generator=gen)
-        sync(device)
+        synchronize(device)
         return out
 
     one_eval_loop(), sampler()  # warm-up

@@ -21,7 +21,7 @@ import time
 import torch
 
 from ncsn.config import load_config
-from ncsn.device import resolve_device
+from ncsn.device import resolve_device, synchronize
 from ncsn.losses import ncsn_loss
 from ncsn.train import _autocast, build_score_model, make_sigmas
 
@@ -36,11 +36,6 @@ def cpu_description() -> str:
     flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
     half = [f for f in ("avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16") if f in flags]
     return f"{name}, {os.cpu_count()} cores, {'/'.join(half) or 'no bf16/fp16 instructions'}"
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def steps_per_second(config, device, mode, warmup, steps):
@@ -69,15 +64,15 @@ def steps_per_second(config, device, mode, warmup, steps):
 
     start = time.perf_counter()
     step()
-    sync(device)
+    synchronize(device)
     first = time.perf_counter() - start
     for _ in range(warmup - 1):
         step()
-    sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    sync(device)
+    synchronize(device)
     return first, steps / (time.perf_counter() - start)
 
 

@@ -21,6 +21,15 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise UserError(f"unknown device {name!r}: {err}") from None
 
 
+def synchronize(device) -> None:
+    """Wait for the queued kernels of ``device`` to finish (CUDA runs asynchronously; the CPU needs nothing).
+
+    Timings must call this before reading the clock, or they measure only the kernel launches.
+    """
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @contextlib.contextmanager
 def single_cpu_thread(device):
     """Run the block with one intra-op CPU thread when ``device`` is the CPU (restored afterwards).
