@@ -32,6 +32,7 @@ from torch import nn
 from ncsn import checkpoint as ckpt
 from ncsn import distributed
 from ncsn.config import dump_config
+from ncsn.data.transforms import dequantize, flip_where, logit_transform
 from ncsn.errors import DivergenceError, UserError
 from ncsn.losses import ncsn_loss
 from ncsn.sigmas import geometric
@@ -138,8 +139,6 @@ def prepare_batch(images: torch.Tensor, draws: StepDraws, n_levels: int, logit: 
     ``(v + u) / K`` with ``u ~ U[0, 1)`` (Theis et al. 2016; the NCSN code's
     ``x * 255/256 + u/256`` for K = 256).
     """
-    from ncsn.data.transforms import dequantize, flip_where, logit_transform
-
     x = images
     if draws.dequant is not None:
         x = dequantize(x, n_levels, noise=draws.dequant)
