@@ -35,13 +35,13 @@ def cache_dir() -> Path:
 
 
 def load_real_images(dataset: str, root: str | None, split: str, image_size: int, channels: int,
-                     limit: int | None = None, download: bool = False) -> torch.Tensor:
+                     limit: int | None = None, download: bool = False, progress: bool = False) -> torch.Tensor:
     """The reference images (``(N, C, H, W)`` in [0, 1]) of ``dataset``'s ``split`` (``download``:
-    fetch MNIST / CIFAR-10 into ``root`` when they are not there)."""
+    fetch MNIST / CIFAR-10 into ``root`` when they are not there, with a progress bar if ``progress``)."""
     from ncsn.data.images import get_dataset
 
     kwargs = dict(root=root, train={"train": True, "test": False, "all": None}[split], image_size=image_size,
-                  download=download, progress=download)
+                  download=download, progress=progress)
     if dataset == "folder":
         kwargs["channels"] = channels
     data = get_dataset(dataset, **kwargs)
@@ -59,7 +59,7 @@ def real_features(extractor, dataset: str, root: str | None, split: str, image_s
         with np.load(path) as cached:
             return {"features": cached["features"].astype(np.float64), "probs": cached["probs"],
                     "n": int(cached["features"].shape[0]), "cache": str(path)}
-    images = load_real_images(dataset, root, split, image_size, channels, limit, download)
+    images = load_real_images(dataset, root, split, image_size, channels, limit, download, progress)
     out = extractor.extract(images, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")

@@ -115,7 +115,8 @@ def run(args) -> int:
     if args.baselines:
         held_out = "test" if args.split == "train" else "train"
         n_base = min(args.n if args.target else len(sources[0][1]), 10_000)
-        real_other = ev.load_real_images(dataset, root, held_out, size, channels, n_base, args.download)
+        real_other = ev.load_real_images(dataset, root, held_out, size, channels, n_base, args.download,
+                                         progress)
         noise = torch.rand((n_base, channels, size, size), generator=torch.Generator().manual_seed(args.seed))
         sources += [({"baseline": f"real {dataset}/{held_out} images"}, real_other, f"real ({held_out})"),
                     ({"baseline": "uniform noise"}, noise, "uniform noise")]
