@@ -3,7 +3,6 @@ the same weights as 1 process on the same global batch; sampling and evaluation 
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -72,17 +71,23 @@ def torchrun(*args, nproc=2):
 
 
 def torchrun_two_nodes(*args):
-    """Two torchrun launchers of one process each, joined by the c10d rendezvous (the multi-machine command)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    """Two torchrun launchers of one process each, joined by the c10d rendezvous (the multi-machine command).
+
+    The rendezvous store is served by this test process rather than by one of the launchers. When a
+    launcher served it, once in about a dozen runs a launcher hung for the full 300 s timeout of
+    torchrun's exit barrier after training had finished; with the store here, neither launcher's
+    exit depends on the other one staying up.
+    """
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-           "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=ncsn-test", "-m", "ncsn", *args]
+           "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{store.port}", "--rdzv_conf=is_host=false",
+           "--rdzv_id=ncsn-test", "-m", "ncsn", *args]
     nodes = [subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     for node in nodes:
         _, err = node.communicate(timeout=300)
         assert node.returncode == 0, err[-3000:]
+    del store
 
 
 def test_two_processes_match_one_and_resume_in_one(tmp_path):
