@@ -16,6 +16,12 @@ of any shape ``(N, ...)``; squared norms and traces run over all non-batch dimen
 * :func:`ncsn_loss`: Song & Ermon (2019), "Generative Modeling by Estimating Gradients of the
   Data Distribution", Section 4.2: denoising score matching over L noise levels, weighted by
   lambda(sigma) = sigma^2.
+* :func:`ddpm_loss`: Ho, Jain & Abbeel (2020), "Denoising Diffusion Probabilistic Models", eq. 14:
+  L_simple = E_{t, x0, eps}||eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)||^2.
+
+The last two are one objective: with eps = -s_i s (:func:`ncsn.processes.score_to_eps`) the
+sigma^2-weighted term 1/2||s_i s + z||^2 is 1/2||z - eps||^2, so :func:`ncsn_loss` = D/2 x
+:func:`ddpm_loss` on the same kernel, levels and noise (D: dimensions per sample).
 
 An energy-based model trains through all of them once wrapped in :class:`EnergyScore`.
 """
@@ -27,7 +33,7 @@ import torch
 from ncsn.energy import EnergyScore
 from ncsn.score import ScoreFn, call_score, per_sample, sigma_vector
 
-__all__ = ["EnergyScore", "dsm", "exact_sm", "exact_sm_loop", "explicit_sm", "ncsn_loss", "sliced_sm"]
+__all__ = ["EnergyScore", "ddpm_loss", "dsm", "exact_sm", "exact_sm_loop", "explicit_sm", "ncsn_loss", "sliced_sm"]
 
 PROJECTIONS = ("gaussian", "rademacher")
 WEIGHTINGS = ("sigma2", "none")
@@ -196,9 +202,21 @@ def _noise_like(x: torch.Tensor, noise, generator) -> torch.Tensor:
     return noise
 
 
+def _levels_and_noise(x, table, table_name: str, levels_name: str, levels, noise, generator):
+    """Each sample's level index into the 1-D ``table`` (drawn uniformly unless given), then its noise z."""
+    if table.ndim != 1 or table.numel() == 0:
+        raise ValueError(f"{table_name} must be a non-empty 1-D tensor, got shape {tuple(table.shape)}")
+    n = x.shape[0]
+    if levels is None:
+        levels = torch.randint(0, table.shape[0], (n,), generator=generator, device=x.device)
+    elif levels.shape != (n,):
+        raise ValueError(f"{levels_name} must have shape ({n},), got {tuple(levels.shape)}")
+    return levels, _noise_like(x, noise, generator)
+
+
 def ncsn_loss(score_fn: ScoreFn, x: torch.Tensor, sigmas, weighting: str = "sigma2",
               generator: torch.Generator | None = None, levels: torch.Tensor | None = None,
-              noise: torch.Tensor | None = None) -> torch.Tensor:
+              noise: torch.Tensor | None = None, scales=None) -> torch.Tensor:
     """NCSN's multi-scale denoising objective (Song & Ermon 2019, Section 4.2):
 
         L(theta) = 1/L sum_i lambda(sigma_i) 1/2 E||s(x~, sigma_i) + (x~ - x) / sigma_i^2||^2,
@@ -209,25 +227,46 @@ def ncsn_loss(score_fn: ScoreFn, x: torch.Tensor, sigmas, weighting: str = "sigm
     sample's sigma as an ``(N,)`` tensor. ``levels`` (``(N,)`` indices into ``sigmas``) and
     ``noise`` (z) may be given, otherwise they are drawn from ``generator``, levels first.
     The loss is computed in at least float32 (e.g. under bf16 autocast).
+
+    ``scales`` (``(L,)``, optional) are mean coefficients a_i of a kernel x~ = a_i x + sigma_i z
+    (DDPM's sqrt(abar_t) with sigma_i = sqrt(1 - abar_t)); the target stays -z / sigma_i.
     """
     _check_batch(x)
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
     sigmas = torch.as_tensor(sigmas, dtype=x.dtype, device=x.device)
-    if sigmas.ndim != 1 or sigmas.numel() == 0:
-        raise ValueError(f"sigmas must be a non-empty 1-D tensor, got shape {tuple(sigmas.shape)}")
-    n = x.shape[0]
-    if levels is None:
-        levels = torch.randint(0, sigmas.shape[0], (n,), generator=generator, device=x.device)
-    elif levels.shape != (n,):
-        raise ValueError(f"levels must have shape ({n},), got {tuple(levels.shape)}")
-    z = _noise_like(x, noise, generator)
+    levels, z = _levels_and_noise(x, sigmas, "sigmas", "levels", levels, noise, generator)
     sigma = sigmas[levels]
     sigma_b = per_sample(sigma, x)
-    s = _score_at(score_fn, x + sigma_b * z, sigma)
+    mean = x if scales is None else per_sample(torch.as_tensor(scales, dtype=x.dtype, device=x.device)[levels], x) * x
+    s = _score_at(score_fn, mean + sigma_b * z, sigma)
     s = s.to(torch.promote_types(s.dtype, torch.float32))
     if weighting == "sigma2":
         residual = sigma_b * s + z
     else:
         residual = s + z / sigma_b
     return 0.5 * _sum_nonbatch(residual.square()).mean()
+
+
+def ddpm_loss(eps_fn, x0: torch.Tensor, alphas_bar, t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """DDPM's simplified objective (Ho et al. 2020, eq. 14, Algorithm 1):
+
+        L_simple = E_{t ~ U{0..T-1}, x0, eps ~ N(0, I)} || eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) ||^2,
+
+    the squared error averaged over the non-batch dimensions (as the paper's code), then over
+    the batch. ``eps_fn(x, t)`` gets ``t`` as an ``(N,)`` long tensor; ``alphas_bar`` holds
+    abar_0..abar_{T-1}. ``t`` and ``noise`` may be given, otherwise they are drawn from
+    ``generator``, ``t`` first. Computed in at least float32.
+    """
+    _check_batch(x0)
+    abar = torch.as_tensor(alphas_bar, device=x0.device)
+    t, z = _levels_and_noise(x0, abar, "alphas_bar", "t", t, noise, generator)
+    n = x0.shape[0]
+    a = per_sample(abar[t].to(x0.dtype), x0)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * z
+    eps = eps_fn(x_t, t)
+    if eps.shape != x0.shape:
+        raise ValueError(f"eps_fn returned shape {tuple(eps.shape)} for input {tuple(x0.shape)}")
+    eps = eps.to(torch.promote_types(eps.dtype, torch.float32))
+    return (eps - z).square().reshape(n, -1).mean(dim=1).mean()

@@ -192,3 +192,36 @@ def step_size_for(sigma_end: float, gamma: float, n_steps_each: int) -> float:
         else:
             low = c
     return 2.0 * math.exp(0.5 * (low + high)) * var_end
+
+
+BETA_SCHEDULES = ("linear", "cosine")
+
+
+def ddpm_betas(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, schedule: str = "linear",
+               dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """DDPM's variances beta_1..beta_T of the forward steps q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I).
+
+    * ``"linear"``: Ho, Jain & Abbeel (2020), "Denoising Diffusion Probabilistic Models",
+      Section 4: beta_t rises linearly from ``beta_start`` = 1e-4 to ``beta_end`` = 0.02 over T = 1000.
+    * ``"cosine"``: Nichol & Dhariwal (2021), "Improved Denoising Diffusion Probabilistic Models",
+      eq. 17: abar_t = f(t) / f(0), f(t) = cos^2(pi/2 (t/T + s) / (1 + s)), s = 0.008, and
+      beta_t = 1 - abar_t / abar_{t-1} clipped to at most 0.999 (``beta_start``/``beta_end`` unused).
+
+    Returned as a length-T tensor (float64 by default: the products abar_t = prod (1 - beta_s)
+    reach 4e-5 and are better formed in double precision).
+    """
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"T must be a positive integer, got {T!r}")
+    if schedule not in BETA_SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(BETA_SCHEDULES)}, got {schedule!r}")
+    if schedule == "linear":
+        if not (0.0 < beta_start <= beta_end < 1.0):
+            raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start} and {beta_end}")
+        betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+    else:
+        s = 0.008
+        steps = torch.arange(T + 1, dtype=torch.float64) / T
+        f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+        abar = f / f[0]
+        betas = (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
+    return betas.to(dtype)
