@@ -175,7 +175,8 @@ def test_train_announces_what_it_trains(tmp_path, capsys):
     assert main(["train", "configs/digits.yaml", "--workdir", str(tmp_path), "--device", "cpu", *sets]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("digits/train: 1500 images 1x8x8 | RefineNet ngf=8, ")
-    assert "| 4 sigmas 2 -> 0.05 | batch 16 over 1 process(es) on cpu | amp off | steps 0 -> 2" in first
+    assert ("| VE, 4 sigmas 2 -> 0.05 | objective ncsn | batch 16 over 1 process(es) on cpu | amp off | "
+            "steps 0 -> 2") in first
     assert main(["train", "configs/digits.yaml", "--workdir", str(tmp_path), "--device", "cpu", "--resume",
                  *sets, "--set", "training.n_iters=3"]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith("steps 2 -> 3 (resumed)")

@@ -33,6 +33,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "channels_last": False,
         "cpu_threads": 0,         # torch intra-op threads on the CPU (0: torch's default)
         "num_workers": 0,         # background decoding workers for lazily read datasets
+        "objective": "auto",      # auto | ncsn (lambda(sigma)=sigma^2 DSM) | ddpm (L_simple); auto: ncsn for ve, ddpm for vp
     },
     "data": {
         "dataset": "digits",      # digits | mnist | cifar10 | celeba | folder
@@ -52,6 +53,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "ema_rate": 0.999,
         "ema": True,
         "scale_by_sigma": False,  # NCSNv2 output scaling s(x, sigma) = f(x) / sigma
+        "arch": "refinenet",      # refinenet (NCSN) | unet (DDPM's U-Net; ngf is its base width ch)
+        "process": "ve",          # ve (NCSN: x + sigma z) | vp (DDPM: sqrt(abar) x + sqrt(1 - abar) z)
+        "num_timesteps": 1000,    # vp: T
+        "beta_schedule": "linear",  # vp: linear | cosine
+        "beta_start": 0.0001,     # vp: beta_1 (linear schedule)
+        "beta_end": 0.02,         # vp: beta_T (linear schedule)
+        "ch_mult": [1, 2, 2, 2],  # unet: width multiplier per resolution
+        "num_res_blocks": 2,      # unet: residual blocks per resolution
+        "attn_resolutions": [16],  # unet: resolutions with self-attention
+        "dropout": 0.0,           # unet: dropout in the residual blocks
     },
     "optim": {
         "lr": 0.001,
@@ -60,14 +71,24 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "amsgrad": False,
         "eps": 1e-8,
         "grad_clip": 0.0,         # clip the gradient norm (0: off)
+        "warmup": 0,              # linear learning-rate warm-up over this many steps (0: off)
     },
     "sampling": {
+        "method": "auto",         # auto | annealed_langevin | ddpm; auto: annealed_langevin for ve, ddpm for vp
+        "n_levels": 0,            # annealed Langevin on a vp model: timesteps visited (0: all T)
+        "variance": "beta",       # ddpm: reverse variance beta_t | posterior (beta~_t)
+        "clip_x0": 0.0,           # ddpm: clip the predicted x0 to [-c, c] (0: off)
         "step_lr": 2e-5,          # Algorithm 1's epsilon: alpha_i = step_lr * sigma_i^2 / sigma_L^2
         "n_steps_each": 100,      # T, Langevin steps per noise level
         "denoise": True,          # final Tweedie step x + sigma_L^2 s(x, sigma_L)
         "batch_size": 500,        # samples per sampler batch (memory stays flat for any n)
     },
 }
+
+OBJECTIVES = ("auto", "ncsn", "ddpm")
+ARCHS = ("refinenet", "unet")
+SAMPLERS = ("auto", "annealed_langevin", "ddpm")
+
 
 def _type_name(value: Any) -> str:
     return type(value).__name__
@@ -97,6 +118,12 @@ def _coerce(section: str, key: str, value: Any) -> Any:
     elif isinstance(default, str):
         if isinstance(value, str):
             return value
+    elif isinstance(default, list):
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return list(value)
+        raise UserError(f"config key {where} must be a list of integers, got {value!r}")
     raise UserError(f"config key {where} must be {_type_name(default)}, got {value!r}")
 
 
@@ -173,6 +200,22 @@ def validate(config: dict) -> None:
         (d["image_size"] >= 4, "data.image_size must be >= 4"),
         (config["sampling"]["step_lr"] > 0, "sampling.step_lr must be > 0"),
         (config["optim"]["lr"] > 0, "optim.lr must be > 0"),
+        (config["optim"]["warmup"] >= 0, "optim.warmup must be >= 0"),
+        (t["objective"] in OBJECTIVES, f"training.objective must be one of {', '.join(OBJECTIVES)}"),
+        (m["arch"] in ARCHS, f"model.arch must be one of {', '.join(ARCHS)}"),
+        (m["process"] in ("ve", "vp"), "model.process must be ve or vp"),
+        (m["num_timesteps"] >= 2, "model.num_timesteps must be >= 2"),
+        (m["beta_schedule"] in ("linear", "cosine"), "model.beta_schedule must be linear or cosine"),
+        (0 < m["beta_start"] <= m["beta_end"] < 1, "need 0 < model.beta_start <= model.beta_end < 1"),
+        (len(m["ch_mult"]) >= 1 and min(m["ch_mult"]) >= 1, "model.ch_mult must be a non-empty list of positive integers"),
+        (m["num_res_blocks"] >= 1, "model.num_res_blocks must be >= 1"),
+        (0.0 <= m["dropout"] < 1.0, "model.dropout must be in [0, 1)"),
+        (m["ngf"] >= 1, "model.ngf must be >= 1"),
+        (config["sampling"]["method"] in SAMPLERS, f"sampling.method must be one of {', '.join(SAMPLERS)}"),
+        (config["sampling"]["variance"] in ("beta", "posterior"), "sampling.variance must be beta or posterior"),
+        (config["sampling"]["n_levels"] >= 0, "sampling.n_levels must be >= 0"),
+        (config["sampling"]["clip_x0"] >= 0, "sampling.clip_x0 must be >= 0 (0: off)"),
+        (config["sampling"]["n_steps_each"] >= 1, "sampling.n_steps_each must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:
@@ -181,3 +224,14 @@ def validate(config: dict) -> None:
 
 def dump_config(config: dict, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def packaged_config(name: str) -> Path:
+    """``configs/NAME.yaml``: from the working directory if it has one, else the project's own."""
+    local = Path("configs") / f"{name}.yaml"
+    if local.is_file():
+        return local
+    project = Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"
+    if project.is_file():
+        return project
+    raise UserError(f"config {name!r} not found (looked for {local} and {project}); pass --config")

@@ -19,7 +19,8 @@ import torch
 
 from ncsn.errors import UserError
 
-METRICS = ("fid", "is", "kid", "pr", "dc")
+METRICS = ("fid", "is", "kid", "pr", "dc", "bpd")
+SAMPLE_METRICS = ("fid", "is", "kid", "pr", "dc")
 
 
 def parse_metrics(text: str) -> list[str]:
@@ -47,6 +48,46 @@ def load_real_images(dataset: str, root: str | None, split: str, image_size: int
     data = get_dataset(dataset, **kwargs)
     n = len(data) if limit is None else min(limit, len(data))
     return data.get_batch(torch.arange(n))
+
+
+def ddpm_bits_per_dim(model, config: dict, split: str = "test", limit: int | None = None, batch_size: int = 500,
+                      seed: int = 0, progress: bool = False, download: bool = False) -> tuple[float, dict]:
+    """DDPM's variational bound (Ho et al. 2020, eq. 5; :func:`ncsn.likelihood.ddpm_vlb`) in bits/dim on a split.
+
+    The images are taken on their own grid of K grey levels (no dequantisation), scaled to
+    [-1, 1], with the discretised decoder's bins 2 / (K - 1) wide. Returns the mean over the
+    images and the protocol.
+    """
+    from ncsn.data.images import get_dataset
+    from ncsn.likelihood import ddpm_vlb
+
+    process = model.process
+    if process.name != "vp":
+        raise UserError("bpd is DDPM's variational bound and needs a VP model (model.process=vp); "
+                        "this one was trained with model.process=" + process.name)
+    d = config["data"]
+    kwargs = dict(root=d["root"], train={"train": True, "test": False, "all": None}[split],
+                  image_size=d["image_size"], download=download, progress=progress)
+    if d["dataset"] == "folder":
+        kwargs["channels"] = d["channels"]
+    data = get_dataset(d["dataset"], **kwargs)
+    n = len(data) if limit is None else min(limit, len(data))
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    values = []
+    for start in range(0, n, batch_size):
+        images = data.get_batch(torch.arange(start, min(n, start + batch_size))).to(device)
+        out = ddpm_vlb(lambda x, t: model(x, None, index=t, eps=True), process.to_model(images), process.betas,
+                       bin_width=2.0 / (data.n_levels - 1), variance=config["sampling"]["variance"], generator=gen,
+                       progress=progress)
+        values.append(out["bpd"].cpu())
+    bpd = torch.cat(values)
+    protocol = {"bound": "DDPM variational bound (Ho et al. 2020 eq. 5), discretised Gaussian decoder",
+                "split": f"{d['dataset']}/{split}", "n": n, "grey_levels": data.n_levels,
+                "dequantisation": "none (images on their grid, scaled to [-1, 1])",
+                "variance": config["sampling"]["variance"], "nfe_per_image": process.num_levels,
+                "std_error": float(bpd.std() / max(1, n) ** 0.5) if n > 1 else None, "seed": seed}
+    return float(bpd.mean()), protocol
 
 
 def real_features(extractor, dataset: str, root: str | None, split: str, image_size: int, channels: int,
@@ -109,11 +150,11 @@ def format_table(rows: list[dict], names: list[str]) -> str:
     cols = []
     for m in names:
         cols += {"fid": ["fid"], "is": ["is", "is_std"], "kid": ["kid", "kid_std"],
-                 "pr": ["precision", "recall"], "dc": ["density", "coverage"]}[m]
+                 "pr": ["precision", "recall"], "dc": ["density", "coverage"], "bpd": ["bpd"]}[m]
     header = ["source"] + cols
     lines = [header]
     for row in rows:
-        lines.append([row["label"]] + [f"{row['metrics'][c]:.4g}" for c in cols])
+        lines.append([row["label"]] + [f"{row['metrics'][c]:.4g}" if c in row["metrics"] else "-" for c in cols])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines]
     text.insert(1, "  ".join("-" * w for w in widths))

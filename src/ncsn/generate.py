@@ -1,10 +1,18 @@
-"""Generating images from a trained score network: batched annealed Langevin dynamics.
+"""Generating images from a trained score model: batched samplers over its forward process.
 
-Samples start from uniform noise on [0, 1] (as in the NCSN paper), run NCSN's
-Algorithm 1 with the run's noise levels and ``sampling.step_lr`` (epsilon) and
-``sampling.n_steps_each`` (T), optionally finish with the Tweedie denoising step, and
-are returned clamped to [0, 1] (after undoing the logit transform if one was used).
-Batches of ``sampling.batch_size`` keep memory flat for any number of samples.
+``sampling.method`` picks the sampler (``auto``: annealed Langevin for VE models, DDPM's
+ancestral sampler for VP ones):
+
+* ``annealed_langevin``: NCSN's Algorithm 1 with ``sampling.step_lr`` (epsilon) and
+  ``sampling.n_steps_each`` (T) over the model's levels (VE: its L sigmas; VP: ``sampling.n_levels``
+  timesteps from T-1 to 0, at their kernel standard deviations sqrt(1 - abar_t)), optionally
+  finished by the Tweedie denoising step. Starts from the process's initial noise: uniform on
+  [0, 1] for VE (as the NCSN paper), N(0, I) for VP.
+* ``ddpm``: Ho et al.'s Algorithm 2 from x_T ~ N(0, I) (``sampling.variance``, ``sampling.clip_x0``).
+
+Samples are returned as images clamped to [0, 1] (after undoing the process's scaling and the
+logit transform if one was used). Batches of ``sampling.batch_size`` keep memory flat for any
+number of samples.
 """
 
 from __future__ import annotations
@@ -14,33 +22,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ncsn import checkpoint as ckpt
-from ncsn.sampling import annealed_langevin
+from ncsn.build import load_score_model, sampler_of
+from ncsn.sampling import annealed_langevin, ddpm_ancestral, tweedie_denoise
 
 
 def load_model_for_sampling(target: str | Path, use_ema: bool = True,
                             device: torch.device = torch.device("cpu")) -> tuple[nn.Module, dict, dict]:
-    """The score network saved in a checkpoint (or a run's newest), in eval mode.
-
-    Returns ``(model, config, info)`` with ``info`` the checkpoint path, step and
-    whether the EMA weights were used.
-    """
-    from ncsn.device import apply_cpu_threads
-    from ncsn.train import build_score_model
-
-    path = ckpt.resolve_checkpoint(target)
-    state = ckpt.load_checkpoint(path, map_location="cpu")
-    config = state["config"]
-    apply_cpu_threads(config, torch.device(device))
-    model = build_score_model(config)
-    weights = state["ema"] if use_ema and "ema" in state else state["model"]
-    model.load_state_dict(weights)
-    model.to(device).eval().requires_grad_(False)
-    info = {"checkpoint": str(path), "step": int(state["step"]), "ema": bool(use_ema and "ema" in state)}
-    return model, config, info
+    """The score model saved in a checkpoint (or a run's newest): :func:`ncsn.build.load_score_model`."""
+    return load_score_model(target, use_ema=use_ema, device=device)
 
 
-def _finish(x: torch.Tensor, config: dict) -> torch.Tensor:
+def _finish(x: torch.Tensor, config: dict, process) -> torch.Tensor:
+    """Samples in the process's space -> images in [0, 1]."""
+    x = process.to_images(x)
     if config["data"]["logit_transform"]:
         from ncsn.data.transforms import inverse_logit_transform
 
@@ -48,18 +42,35 @@ def _finish(x: torch.Tensor, config: dict) -> torch.Tensor:
     return x.clamp(0.0, 1.0)
 
 
+def nfe_of(config: dict) -> int:
+    """Network evaluations per sample of the configured sampler."""
+    s, m = config["sampling"], config["model"]
+    if sampler_of(config) == "ddpm":
+        return m["num_timesteps"]
+    if m["process"] == "ve":
+        n_levels = m["num_classes"]
+    else:
+        n_levels = s["n_levels"] or m["num_timesteps"]
+    return n_levels * s["n_steps_each"] + int(s["denoise"])
+
+
 def sampler_settings(config: dict) -> dict:
     """The sampler's settings as they are recorded next to every result."""
     s, m = config["sampling"], config["model"]
-    return {
-        "sampler": "annealed_langevin",
-        "sigma_begin": m["sigma_begin"],
-        "sigma_end": m["sigma_end"],
-        "num_classes": m["num_classes"],
-        "step_lr": s["step_lr"],
-        "n_steps_each": s["n_steps_each"],
-        "denoise": s["denoise"],
-    }
+    method = sampler_of(config)
+    out = {"sampler": method, "arch": m["arch"], "process": m["process"], "nfe": nfe_of(config)}
+    if m["process"] == "ve":
+        out.update(sigma_begin=m["sigma_begin"], sigma_end=m["sigma_end"], num_classes=m["num_classes"])
+    else:
+        out.update(num_timesteps=m["num_timesteps"], beta_schedule=m["beta_schedule"],
+                   beta_start=m["beta_start"], beta_end=m["beta_end"])
+    if method == "annealed_langevin":
+        out.update(step_lr=s["step_lr"], n_steps_each=s["n_steps_each"], denoise=s["denoise"])
+        if m["process"] == "vp":
+            out["n_levels"] = s["n_levels"] or m["num_timesteps"]
+    else:
+        out.update(variance=s["variance"], clip_x0=s["clip_x0"] or None)
+    return out
 
 
 def batch_generator(seed: int, batch: int, device: torch.device) -> torch.Generator:
@@ -83,39 +94,43 @@ def generate(model: nn.Module, config: dict, n: int, seed: int = 0, progress: bo
     from tqdm.auto import tqdm
 
     from ncsn import distributed
-    from ncsn.train import make_sigmas
 
     ctx = ctx or distributed.Context(device=device or next(model.parameters()).device)
     device = device or ctx.device
     d, s = config["data"], config["sampling"]
     shape = (d["channels"], d["image_size"], d["image_size"])
-    sigmas = make_sigmas(config).to(device)
+    process = model.process
+    method = sampler_of(config)
     batch_size = batch_size or s["batch_size"]
     n_batches = max(1, -(-n // batch_size))
     mine = list(range(ctx.rank, n_batches, ctx.world_size))
-    out, levels = [], []
-    bar = tqdm(total=len(mine) * len(sigmas), desc="sample", unit="level",
+    if method == "ddpm":
+        units, per_unit = process.num_levels, 1
+    else:
+        units, per_unit = len(process.langevin_levels(s["n_levels"])), s["n_steps_each"]
+    snap_every = max(1, units // 10)  # the strip: at most about 10 snapshots along the way
+    out, snapshots = [], []
+    bar = tqdm(total=len(mine) * units, desc=f"sample ({method})", unit="level" if method != "ddpm" else "step",
                disable=not (progress and ctx.is_main), dynamic_ncols=True)
 
     for b in mine:
         size = min(batch_size, n - b * batch_size)
         gen = batch_generator(seed, b, device)
-        x = torch.rand((size, *shape), generator=gen, device=device)
-        if d["logit_transform"]:
+        x = process.prior_sample((size, *shape), generator=gen, device=device)
+        if d["logit_transform"] and process.name == "ve":
             from ncsn.data.transforms import logit_transform
 
             x = logit_transform(x)
         keep = strip if b == 0 else 0
 
         def callback(level, step, x_now, keep=keep):
-            if step == s["n_steps_each"] - 1:
+            if step == per_unit - 1:
                 bar.update(1)
-                if keep:
-                    levels.append(_finish(x_now[:keep].clone(), config).cpu())
+                if keep and (level + 1) % snap_every == 0:
+                    snapshots.append(_finish(x_now[:keep].clone(), config, process).cpu())
 
-        x = annealed_langevin(model, x, sigmas, s["step_lr"], s["n_steps_each"], denoise=s["denoise"],
-                              callback=callback, generator=gen)
-        out.append(_finish(x, config))
+        x = run_sampler(model, config, x, gen, callback)
+        out.append(_finish(x, config, process))
     bar.close()
     mine_tensor = torch.cat(out) if out else torch.zeros((0, *shape), device=device)
     if ctx.distributed:
@@ -127,8 +142,29 @@ def generate(model: nn.Module, config: dict, n: int, seed: int = 0, progress: bo
     else:
         samples = mine_tensor.cpu()
     if strip:
-        return samples, levels
+        return samples, snapshots
     return samples
+
+
+def run_sampler(model: nn.Module, config: dict, x: torch.Tensor, generator: torch.Generator | None = None,
+                callback=None) -> torch.Tensor:
+    """One batch of the configured sampler from the initial noise ``x``, in the process's space."""
+    s = config["sampling"]
+    process = model.process
+    if sampler_of(config) == "ddpm":
+        def eps_fn(x_t, t):
+            return model(x_t, None, index=t, eps=True)
+
+        return ddpm_ancestral(eps_fn, x, process.betas, variance=s["variance"], clip_x0=s["clip_x0"] or None,
+                              generator=generator, callback=callback)
+    levels = process.langevin_levels(s["n_levels"]).to(x.device)
+    ve = process.name == "ve"
+    x = annealed_langevin(model, x, levels, s["step_lr"], s["n_steps_each"], denoise=s["denoise"] and ve,
+                          callback=callback, generator=generator)
+    if s["denoise"] and not ve:
+        last = levels[-1:].expand(x.shape[0])
+        x = tweedie_denoise(model, x, last, process.scale_of_std(last))
+    return x
 
 
 def _reorder(gathered: torch.Tensor, n: int, batch_size: int, world_size: int) -> torch.Tensor:

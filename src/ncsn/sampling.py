@@ -5,6 +5,9 @@
   of the Data Distribution", Algorithm 1, with the optional final denoising step.
 * :func:`annealed_langevin_inpaint`: the same paper's conditional sampler for inpainting
   (its inpainting experiments, Algorithm 2).
+* :func:`ddpm_ancestral`: Ho, Jain & Abbeel (2020), "Denoising Diffusion Probabilistic Models",
+  Algorithm 2, over a noise-prediction function ``eps_fn(x, t)``.
+* :func:`tweedie_denoise`: E[x0 | x] = (x + s^2 grad log q(x)) / a for a kernel N(a x0, s^2 I).
 
 All randomness comes from the optional ``generator`` (a ``torch.Generator`` on ``x``'s device),
 so a run is reproducible. The samplers run under ``torch.no_grad()``; a score that needs
@@ -19,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from ncsn.score import ScoreFn, sigma_vector, takes_sigma
+from ncsn.score import ScoreFn, per_sample, sigma_vector, takes_sigma
 
 Callback = Callable[[int, int, torch.Tensor], None]
 
@@ -88,6 +91,29 @@ def langevin(score_fn: ScoreFn, x: torch.Tensor, step_size: float, n_steps: int,
     return x
 
 
+class _Bar:
+    """A tqdm bar over ``total`` units when ``enabled`` (the samplers' one progress helper)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="step" if total > 100 else "level", dynamic_ncols=True)
+
+    def update(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+        return False
+
+
 def _annealed_steps(score, x: torch.Tensor, levels: list[float], step_lr: float, n_steps_each: int,
                     callback, generator, progress: bool, desc: str, before_level=None, after_step=None):
     """The loop shared by the annealed samplers; ``x`` is updated in place."""
@@ -95,12 +121,7 @@ def _annealed_steps(score, x: torch.Tensor, levels: list[float], step_lr: float,
     sigma_vecs = [torch.full((n,), s, dtype=x.dtype, device=x.device) for s in levels]
     var_last = levels[-1] ** 2
     z = torch.empty_like(x)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(levels), desc=desc, unit="level", dynamic_ncols=True)
-    try:
+    with _Bar(len(levels), desc, progress) as bar:
         for i, (sigma, sigma_vec) in enumerate(zip(levels, sigma_vecs)):
             alpha = step_lr * sigma * sigma / var_last
             half_alpha, noise_scale = 0.5 * alpha, math.sqrt(alpha)
@@ -113,11 +134,7 @@ def _annealed_steps(score, x: torch.Tensor, levels: list[float], step_lr: float,
                     after_step(x)
                 if callback is not None:
                     callback(i, step, x)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update()
     return sigma_vecs[-1]
 
 
@@ -145,7 +162,7 @@ def annealed_langevin(score_fn: ScoreFn, x: torch.Tensor, sigmas, step_lr: float
         x = x.detach().clone()
         last = _annealed_steps(score, x, levels, step_lr, n_steps_each, callback, generator, progress, "annealed Langevin")
         if denoise:
-            x.add_(score(x, last), alpha=levels[-1] ** 2)
+            x = tweedie_denoise(score, x, last)
     return x
 
 
@@ -190,6 +207,81 @@ def annealed_langevin_inpaint(score_fn: ScoreFn, x: torch.Tensor, known: torch.T
         last = _annealed_steps(score, x, levels, step_lr, n_steps_each, callback, generator, progress,
                                "inpaint", before_level=perturb_known, after_step=reset_known)
         if denoise:
-            x.add_(score(x, last), alpha=levels[-1] ** 2)
+            x = tweedie_denoise(score, x, last)
         x = torch.where(is_known, known, x)
+    return x
+
+
+def tweedie_denoise(score_fn: ScoreFn, x: torch.Tensor, sigma, scale=1.0) -> torch.Tensor:
+    """Tweedie's formula: E[x0 | x] = (x + s^2 grad log q_s(x)) / a for x = a x0 + s z (Efron 2011).
+
+    With a = 1 (NCSN's VE process) this is the final denoising step x + sigma_L^2 s(x, sigma_L)
+    (Jolicoeur-Martineau et al. 2021; NCSNv2). ``sigma`` (s) and ``scale`` (a) are scalars or ``(N,)``.
+    """
+    with torch.no_grad():
+        sigma_vec = sigma_vector(sigma, x)
+        var = per_sample(sigma_vec, x).square()
+        out = x + var * _bound_score(score_fn)(x, sigma_vec)
+        if not (isinstance(scale, (int, float)) and scale == 1.0):
+            out = out / per_sample(sigma_vector(scale, x), x)
+    return out
+
+
+VARIANCES = ("beta", "posterior")
+
+
+def ddpm_ancestral(eps_fn, x: torch.Tensor, betas, variance: str = "beta", clip_x0: float | None = None,
+                   generator: torch.Generator | None = None, callback: Callback | None = None,
+                   progress: bool = False) -> torch.Tensor:
+    """DDPM's ancestral sampler (Ho, Jain & Abbeel 2020, Algorithm 2), from x_T = ``x`` to x_0.
+
+    With alpha_t = 1 - beta_t and abar_t = prod_{s<=t} alpha_s, for t = T-1, ..., 0 (zero-based):
+
+        x_{t-1} = 1 / sqrt(alpha_t) (x_t - beta_t / sqrt(1 - abar_t) eps(x_t, t)) + sigma_t z,
+
+    with z ~ N(0, I) except at the last step (t = 0), which adds no noise. ``variance`` picks
+    sigma_t^2 = beta_t (``"beta"``) or the posterior's beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t)
+    (``"posterior"``); Ho et al. found both similar. ``clip_x0=c`` instead forms the predicted
+    x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), clips it to [-c, c] and takes the mean of
+    q(x_{t-1} | x_t, x0) (equal to the mean above without clipping). ``eps_fn(x, t)`` gets ``t``
+    as an ``(N,)`` long tensor of timesteps in [0, T). ``callback(k, 0, x)`` runs after reverse step
+    k = 0..T-1 (timestep T-1-k). No host synchronisation per step: the coefficients are Python
+    floats computed once.
+    """
+    if variance not in VARIANCES:
+        raise ValueError(f"variance must be one of {', '.join(VARIANCES)}, got {variance!r}")
+    betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
+    if betas.ndim != 1 or betas.numel() == 0 or not bool(((betas > 0) & (betas < 1)).all()):
+        raise ValueError("betas must be a non-empty 1-D sequence of values in (0, 1)")
+    if clip_x0 is not None:
+        clip_x0 = _check_positive("clip_x0", clip_x0)
+    alphas = 1.0 - betas
+    abar = torch.cumprod(alphas, dim=0)
+    abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+    posterior_var = betas * (1.0 - abar_prev) / (1.0 - abar)
+    sigmas = (betas if variance == "beta" else posterior_var).sqrt().tolist()
+    eps_coef = (betas / (1.0 - abar).sqrt()).tolist()
+    inv_sqrt_alpha = alphas.rsqrt().tolist()
+    # posterior mean of q(x_{t-1} | x_t, x0): c0 x0 + ct x_t (Ho et al. eq. 7)
+    c0 = (betas * abar_prev.sqrt() / (1.0 - abar)).tolist()
+    ct = ((1.0 - abar_prev) * alphas.sqrt() / (1.0 - abar)).tolist()
+    sqrt_abar, sqrt_1m_abar = abar.sqrt().tolist(), (1.0 - abar).sqrt().tolist()
+    T = betas.shape[0]
+    with torch.no_grad():
+        x = x.detach().clone()
+        z = torch.empty_like(x)
+        steps = [torch.full((x.shape[0],), t, dtype=torch.long, device=x.device) for t in range(T)]
+        with _Bar(T, "DDPM", progress) as bar:
+            for k, t in enumerate(range(T - 1, -1, -1)):
+                eps = eps_fn(x, steps[t]).to(x.dtype)
+                if clip_x0 is None:
+                    x = (x - eps_coef[t] * eps) * inv_sqrt_alpha[t]
+                else:
+                    x0 = ((x - sqrt_1m_abar[t] * eps) / sqrt_abar[t]).clamp_(-clip_x0, clip_x0)
+                    x = c0[t] * x0 + ct[t] * x
+                if t > 0:
+                    x.add_(z.normal_(generator=generator), alpha=sigmas[t])
+                if callback is not None:
+                    callback(k, 0, x)
+                bar.update()
     return x

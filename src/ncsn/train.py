@@ -1,4 +1,8 @@
-"""The NCSN training loop: Adam on the multi-scale objective, EMA weights, checkpoints.
+"""One training loop for every model and process: Adam on the denoising objective, EMA weights, checkpoints.
+
+The model and its forward process come from :mod:`ncsn.build` (RefineNet or U-Net; NCSN's VE or
+DDPM's VP process); the objective is NCSN's sigma^2-weighted multi-scale DSM (``ncsn``) or DDPM's
+L_simple (``ddpm``), one level per sample drawn uniformly from the process's levels.
 
 Everything random in step ``k`` (which images, their dequantisation and flips, each
 sample's noise level and noise) is drawn from a generator seeded by ``(seed, k)`` for
@@ -34,28 +38,10 @@ from ncsn import distributed
 from ncsn.config import dump_config
 from ncsn.data.transforms import dequantize, flip_where, logit_transform
 from ncsn.errors import DivergenceError, UserError
-from ncsn.losses import ncsn_loss
-from ncsn.sigmas import geometric
+from ncsn.build import CHECKPOINT_VERSION, build_score_model, load_state, make_sigmas, objective_of
+from ncsn.losses import ddpm_loss, ncsn_loss
 
-CHECKPOINT_VERSION = 1
-
-
-def make_sigmas(config: dict) -> torch.Tensor:
-    """The L noise levels: geometric from ``model.sigma_begin`` down to ``model.sigma_end``."""
-    m = config["model"]
-    return geometric(m["sigma_begin"], m["sigma_end"], m["num_classes"])
-
-
-def build_score_model(config: dict) -> nn.Module:
-    """The noise-conditional RefineNet described by ``config`` (data and model sections)."""
-    from ncsn.models.refinenet import RefineNet
-
-    return RefineNet(
-        channels=config["data"]["channels"],
-        ngf=config["model"]["ngf"],
-        sigmas=make_sigmas(config),
-        scale_by_sigma=config["model"]["scale_by_sigma"],
-    )
+__all__ = ["train", "build_score_model", "make_sigmas", "CHECKPOINT_VERSION"]
 
 
 def load_training_data(config: dict, progress: bool = True):
@@ -111,12 +97,13 @@ class StepDraws:
 
 
 def draw_step(config: dict, n_data: int, shape: tuple[int, int, int], step: int,
-              ctx: distributed.Context) -> StepDraws:
-    """Draw step ``step``'s randomness for the global batch and keep this rank's slice."""
+              ctx: distributed.Context, n_levels: int) -> StepDraws:
+    """Draw step ``step``'s randomness for the global batch (levels uniform over the process's
+    ``n_levels``) and keep this rank's slice."""
     t, d = config["training"], config["data"]
     batch = t["batch_size"]
     gen = step_generator(t["seed"], step, ctx.device)
-    levels = torch.randint(0, config["model"]["num_classes"], (batch,), generator=gen, device=ctx.device)
+    levels = torch.randint(0, n_levels, (batch,), generator=gen, device=ctx.device)
     noise = torch.randn((batch, *shape), generator=gen, device=ctx.device)
     dequant = torch.rand((batch, *shape), generator=gen, device=ctx.device) if d["dequantize"] else None
     flip = torch.rand((batch,), generator=gen, device=ctx.device) < 0.5 if d["random_flip"] else None
@@ -147,6 +134,12 @@ def prepare_batch(images: torch.Tensor, draws: StepDraws, n_levels: int, logit: 
     if logit:
         x = logit_transform(x)
     return x
+
+
+def warmup_lr(lr: float, warmup: int, step: int) -> float:
+    """The learning rate of update ``step`` (0-based) under a linear warm-up: lr * min(1, (step + 1) / warmup)
+    (Ho et al. 2020 warm up over 5,000 steps). A function of the step alone, so resuming is exact."""
+    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
 
 
 def ema_rate_at(rate: float, step: int) -> float:
@@ -211,18 +204,19 @@ def _truncate_log(path: Path, step: int) -> None:
         csv.writer(handle).writerows(kept)
 
 
+ARCH_NAMES = {"refinenet": "RefineNet", "unet": "U-Net"}
 LOG_FIELDS = ["step", "loss", "lr", "steps_per_s", "elapsed_s"]
 
 
-def describe_run(config: dict, dataset, model: nn.Module, sigmas: torch.Tensor, ctx: distributed.Context,
+def describe_run(config: dict, dataset, model: nn.Module, process, ctx: distributed.Context,
                  start: int, end: int) -> str:
     """One line saying what is about to be trained, on what, where and how far."""
     t, m = config["training"], config["model"]
     n_params = sum(p.numel() for p in model.parameters())
     speed = [f"amp {t['amp']}"] + (["compile"] if t["compile"] else []) + (["channels-last"] if t["channels_last"] else [])
     return (f"{dataset.name}/{dataset.split}: {len(dataset)} images {dataset.channels}x{dataset.image_size}x"
-            f"{dataset.image_size} | RefineNet ngf={m['ngf']}, {n_params / 1e6:.2f} M parameters | "
-            f"{len(sigmas)} sigmas {float(sigmas[0]):g} -> {float(sigmas[-1]):g} | batch {t['batch_size']} over "
+            f"{dataset.image_size} | {ARCH_NAMES[m['arch']]} ngf={m['ngf']}, {n_params / 1e6:.2f} M parameters | "
+            f"{process.describe()} | objective {objective_of(config)} | batch {t['batch_size']} over "
             f"{ctx.world_size} process(es) on {ctx.device} | {', '.join(speed)} | "
             f"steps {start} -> {end}{' (resumed)' if start else ''}")
 
@@ -254,6 +248,7 @@ def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,
     existing = ckpt.list_checkpoints(workdir)
     if existing and not resume:
         raise UserError(f"{workdir} already holds checkpoints: pass --resume to continue, or choose another --workdir")
+    objective = objective_of(config)
 
     from ncsn.device import apply_cpu_threads
 
@@ -274,14 +269,18 @@ def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,
 
     start = 0
     if resume and existing:
-        state = ckpt.load_checkpoint(existing[-1][1], map_location=ctx.device)
+        state, _ = load_state(existing[-1][1], map_location=ctx.device)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state and state["scaler"]:
             scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
-    sigmas = make_sigmas(config).to(ctx.device)
+    process = model.process
+    sigmas = process.stds.to(device=ctx.device, dtype=torch.float32)  # kernel std per level
+    scales = None if process.name == "ve" else process.scales.to(device=ctx.device, dtype=torch.float32)
+    alphas_bar = getattr(process, "alphas_bar", None)
+    alphas_bar = None if alphas_bar is None else alphas_bar.to(device=ctx.device, dtype=torch.float32)
 
     net = model
     if ctx.distributed:
@@ -317,7 +316,7 @@ def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,
 
     end = t["n_iters"] if max_steps is None else min(t["n_iters"], start + max_steps)
     if ctx.is_main and progress:
-        print(describe_run(config, dataset, model, sigmas, ctx, start, end), flush=True)
+        print(describe_run(config, dataset, model, process, ctx, start, end), flush=True)
     bar = tqdm(total=t["n_iters"], initial=start, disable=not (progress and ctx.is_main),
                desc="train", unit="step", dynamic_ncols=True)
     if t["compile"] and progress and ctx.is_main and start < end:
@@ -331,13 +330,23 @@ def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,
     with _StopSignals() as stop, open(log_path, "a", newline="") if ctx.is_main else contextlib.nullcontext() as log:
         writer = csv.writer(log) if ctx.is_main else None
         while step < end:
-            draws = draw_step(config, len(dataset), shape, step, ctx)
+            draws = draw_step(config, len(dataset), shape, step, ctx, process.num_levels)
             images = dataset.get_batch(draws.indices).to(ctx.device, non_blocking=True)
-            x = prepare_batch(images, draws, dataset.n_levels, config["data"]["logit_transform"])
+            x = process.to_model(prepare_batch(images, draws, dataset.n_levels, config["data"]["logit_transform"]))
             if t["channels_last"]:
                 x = x.contiguous(memory_format=torch.channels_last)
+            # the network's own randomness (dropout) from the global generator, seeded by (seed, step, rank):
+            # resuming reproduces it; other world sizes draw other masks (same distribution)
+            torch.manual_seed(((t["seed"] * 1_000_003 + step) * 1024 + ctx.rank) % (2**63 - 1))
             with _autocast(config, ctx.device):
-                loss = ncsn_loss(net, x, sigmas, levels=draws.levels, noise=draws.noise)
+                if objective == "ncsn":
+                    loss = ncsn_loss(net, x, sigmas, levels=draws.levels, noise=draws.noise, scales=scales)
+                else:
+                    loss = ddpm_loss(lambda x_t, t_: net(x_t, None, index=t_, eps=True), x, alphas_bar,
+                                     t=draws.levels, noise=draws.noise)
+            if o["warmup"]:
+                for group in optimizer.param_groups:
+                    group["lr"] = warmup_lr(o["lr"], o["warmup"], step)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if o["grad_clip"] > 0:

@@ -23,10 +23,13 @@ def add_parser(subparsers) -> None:
                    help="reference split (default: train, as FID on CIFAR-10 is usually reported)")
     p.add_argument("--download", action="store_true",
                    help="fetch MNIST / CIFAR-10 into --data-root when they are not there (MD5-checked)")
-    p.add_argument("--real-n", type=int, help="use at most this many reference images (default: all)")
+    p.add_argument("--real-n", type=int, help="use at most this many reference images, and held-out images for bpd "
+                                              "(default: all)")
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=1000,
                    help="samples to generate (default 1000; under torchrun spell it --num-samples)")
-    p.add_argument("--metrics", default="fid,is,kid,pr", help="comma list of fid, is, kid, pr, dc")
+    p.add_argument("--metrics", default="fid,is,kid,pr",
+                   help="comma list of fid, is, kid, pr, dc, bpd (bpd: DDPM's variational bound in bits/dim on the "
+                        "held-out split, for VP models)")
     p.add_argument("--every-checkpoint", action="store_true",
                    help="evaluate each saved checkpoint of the run; writes a metric-vs-step table and plot")
     p.add_argument("--baselines", action="store_true",
@@ -73,6 +76,9 @@ def run(args) -> int:
     from ncsn.metrics.features import get_extractor
 
     names = ev.parse_metrics(args.metrics)
+    sample_names = [m for m in names if m in ev.SAMPLE_METRICS]
+    if "bpd" in names and args.fake:
+        raise UserError("bpd evaluates a model's likelihood: give a run directory or checkpoint, not --fake samples")
     if bool(args.target) == bool(args.fake):
         raise UserError("give either a run directory / checkpoint or --fake samples.npz")
     if args.every_checkpoint and not args.target:
@@ -95,10 +101,15 @@ def run(args) -> int:
             for path in targets:
                 model, config, info = load_model_for_sampling(path, use_ema=not args.no_ema, device=ctx.device)
                 config = apply_sampling_overrides(config, args.overrides)
-                images = generate(model, config, args.n, seed=args.seed, progress=progress,
-                                  batch_size=args.batch_size, ctx=ctx)
                 meta = {"checkpoint": info["checkpoint"], "step": info["step"], "ema": info["ema"],
                         "seed": args.seed, **sampler_settings(config)}
+                if "bpd" in names and ctx.is_main:
+                    held_out = "test" if args.split == "train" else "train"
+                    meta["bpd"], meta["bpd_protocol"] = ev.ddpm_bits_per_dim(
+                        model, config, held_out, args.real_n, args.batch_size or config["sampling"]["batch_size"],
+                        args.seed, progress, args.download)
+                images = (generate(model, config, args.n, seed=args.seed, progress=progress,
+                                   batch_size=args.batch_size, ctx=ctx) if sample_names else None)
                 sources.append((meta, images, f"step {info['step']}{' (EMA)' if info['ema'] else ''}"))
             d = config["data"]
             dataset, size, channels = args.dataset or d["dataset"], d["image_size"], d["channels"]
@@ -108,6 +119,18 @@ def run(args) -> int:
     if not ctx.is_main:
         return 0
 
+    if not sample_names:  # bpd alone: no samples, no features
+        rows = [{"label": label, "metrics": {"bpd": meta["bpd"]}, "protocol": meta} for meta, _, label in sources]
+        for row in rows:
+            bp = row["protocol"]["bpd_protocol"]
+            print(f"{row['label']}: {row['metrics']['bpd']:.4f} bits/dim ({bp['bound']}; {bp['n']} images of "
+                  f"{bp['split']}, {bp['grey_levels']} grey levels, no dequantisation, {bp['nfe_per_image']} "
+                  f"network evaluations each)")
+        out = Path(args.out) if args.out else (Path(args.target) / "eval.json" if Path(args.target).is_dir()
+                                              else Path("eval.json"))
+        ev.write_json(out, {"metrics": names, "results": rows})
+        print(f"wrote {out}")
+        return 0
     extractor = get_extractor(dataset, inception_weights=args.inception_weights, classifier=args.classifier,
                               device=ctx.device)
     real = ev.real_features(extractor, dataset, root, args.split, size, channels, args.real_n, progress,
@@ -124,7 +147,9 @@ def run(args) -> int:
     rows = []
     for meta, images, label in sources:
         fake = extractor.extract(images, progress=progress)
-        values = ev.compute_metrics(names, fake, real, seed=args.seed)
+        values = ev.compute_metrics(sample_names, fake, real, seed=args.seed)
+        if "bpd" in meta:
+            values["bpd"] = meta["bpd"]
         rows.append({"label": label, "metrics": values,
                      "protocol": ev.protocol(extractor, dataset, args.split, real["n"], len(images), meta)})
     first = rows[0]["protocol"]
@@ -134,6 +159,10 @@ def run(args) -> int:
         print("sampler: " + ", ".join(f"{k}={sources[0][0][k]}" for k in sampler_settings_keys()
                                       if k in sources[0][0]))
     print(ev.format_table(rows, names))
+    if "bpd" in names:
+        bp = sources[0][0]["bpd_protocol"]
+        print(f"bpd: {bp['bound']}; {bp['n']} images of {bp['split']} on their {bp['grey_levels']}-level grid "
+              f"(no dequantisation), {bp['nfe_per_image']} network evaluations per image")
 
     out = Path(args.out) if args.out else (Path(args.target) / "eval.json" if args.target and Path(args.target).is_dir()
                                           else Path("eval.json"))
@@ -146,8 +175,9 @@ def run(args) -> int:
 
 
 def sampler_settings_keys() -> list[str]:
-    return ["checkpoint", "step", "ema", "seed", "sampler", "sigma_begin", "sigma_end", "num_classes",
-            "step_lr", "n_steps_each", "denoise"]
+    return ["checkpoint", "step", "ema", "seed", "sampler", "arch", "process", "nfe", "sigma_begin", "sigma_end",
+            "num_classes", "num_timesteps", "beta_schedule", "n_levels", "step_lr", "n_steps_each", "denoise",
+            "variance", "clip_x0"]
 
 
 def write_metric_vs_step(rows: list[dict], names: list[str], stem: Path) -> list[str]:

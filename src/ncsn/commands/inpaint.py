@@ -72,10 +72,12 @@ def run(args) -> int:
     from ncsn.generate import load_model_for_sampling
     from ncsn.plotting import save_image_grid
     from ncsn.sampling import annealed_langevin_inpaint
-    from ncsn.train import make_sigmas
 
     device = resolve_device(args.device)
     model, config, info = load_model_for_sampling(args.target, use_ema=not args.no_ema, device=device)
+    if model.process.name != "ve":
+        raise UserError(f"inpainting is implemented for VE (NCSN) models, Algorithm 2 of Song & Ermon (2019); "
+                        f"{info['checkpoint']} was trained with model.process={model.process.name}")
     d, s = config["data"], config["sampling"]
     channels, size = d["channels"], d["image_size"]
     if args.image == "dataset":
@@ -97,7 +99,7 @@ def run(args) -> int:
     mask_b = mask.expand(known.shape[0], channels, size, size).to(device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     x0 = torch.rand(known.shape, generator=gen, device=device)
-    sigmas = make_sigmas(config).to(device)
+    sigmas = model.process.langevin_levels().to(device)
     with torch.no_grad():
         filled = annealed_langevin_inpaint(model, x0, known, mask_b, sigmas, s["step_lr"], s["n_steps_each"],
                                            denoise=s["denoise"], generator=gen, progress=not args.no_progress)

@@ -7,15 +7,16 @@ from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("sample", help="draw samples with annealed Langevin dynamics",
-                              description="Sample a trained score network (NCSN Algorithm 1) and save a grid.")
+    p = subparsers.add_parser("sample", help="draw samples (annealed Langevin or DDPM's ancestral sampler)",
+                              description="Sample a trained score model with sampling.method (NCSN Algorithm 1 "
+                                          "for VE models, DDPM Algorithm 2 for VP ones by default) and save a grid.")
     p.add_argument("target", help="a run directory (its newest checkpoint) or a checkpoint file")
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
                    help="number of samples (default 64; under torchrun spell it --num-samples)")
     p.add_argument("--out", default="samples.png", help="PNG grid to write")
     p.add_argument("--grid-n", type=int, default=100, help="samples shown in the grid (default: up to 100)")
     p.add_argument("--npz", help="also write the raw samples: key 'samples', (N, C, H, W) floats in [0, 1]")
-    p.add_argument("--strip", help="also write the samples at the end of each noise level as one picture")
+    p.add_argument("--strip", help="also write the samples along the sampler's way (each noise level) as one picture")
     p.add_argument("--strip-n", type=int, default=8, help="samples shown in the strip (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed for the initial noise and Langevin noise")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
@@ -73,7 +74,7 @@ def run(args) -> int:
                             provenance=np.array(json.dumps(provenance)))
         written.append(args.npz)
     if levels:
-        if config["sampling"]["denoise"]:
+        if config["sampling"]["denoise"] and sampler_settings(config)["sampler"] == "annealed_langevin":
             levels = levels + [samples[:strip_n]]
         save_strip(levels, args.strip)
         written.append(args.strip)
