@@ -15,7 +15,7 @@ import sys
 
 from ncsn.errors import UserError
 
-COMMANDS = ["toy", "train", "sample", "inpaint", "eval", "train_classifier"]
+COMMANDS = ["toy", "train", "sample", "inpaint", "eval", "compare", "train_classifier"]
 
 
 def build_parser() -> argparse.ArgumentParser:

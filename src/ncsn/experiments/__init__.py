@@ -1,0 +1,1 @@
+"""The material's findings as runnable experiments (``ncsn compare``, ...)."""
