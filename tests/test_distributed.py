@@ -142,3 +142,30 @@ def test_two_processes_match_one_and_resume_in_one(tmp_path):
 def test_shard_sizes_cover_everything():
     assert shard_sizes(10, 3) == [4, 3, 3]
     assert sum(shard_sizes(7, 4)) == 7
+
+
+def test_a_unet_on_the_vp_process_trains_the_same_network_on_two_processes(tmp_path):
+    """The DDPM side of the ladder through DistributedDataParallel (L_simple calls the model by timestep)."""
+    from ncsn.build import build_score_model
+    from ncsn.config import load_config
+
+    unet = ["model.arch=unet", "model.process=vp", "model.num_timesteps=50", "model.ch_mult=[1,2]",
+            "model.attn_resolutions=[4]", "model.dropout=0.0"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["train", "configs/digits.yaml", "--workdir", str(one), "--device", "cpu", "--no-progress",
+                 *sets(*unet)]) == 0
+    torchrun("train", "configs/digits.yaml", "--workdir", str(two), "--device", "cpu", "--no-progress", *sets(*unet))
+    a, b = ckpt.load_checkpoint(one), ckpt.load_checkpoint(two)
+    assert b["world_size"] == 2 and a["step"] == b["step"] == 4
+    config = load_config("configs/digits.yaml", TINY + unet)
+    nets = []
+    for state in (a, b):
+        net = build_score_model(config)
+        net.load_state_dict(state["model"])
+        nets.append(net.eval())
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 10, 20, 30, 40, 49])
+    with torch.no_grad():
+        eps_a, eps_b = (net(x, None, index=t, eps=True) for net in nets)
+    assert eps_a.abs().max() > 1e-3  # it moved away from the zero-initialised output
+    assert torch.allclose(eps_a, eps_b, atol=2e-3 * eps_a.abs().max().item())

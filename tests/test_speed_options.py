@@ -49,3 +49,11 @@ def test_compile_trains_and_samples(tmp_path):
     init = initial_state()
     assert state["model"].keys() == init.keys()  # saved without the compile wrapper's prefixes
     assert any(not torch.equal(init[k], state["model"][k]) for k in init if init[k].is_floating_point())
+
+
+def test_a_unet_on_the_vp_process_trains_and_samples_with_bf16_and_compile(tmp_path):
+    state = train_and_sample(tmp_path, "model.arch=unet", "model.process=vp", "model.num_timesteps=20",
+                             "model.ch_mult=[1,2]", "model.attn_resolutions=[4]", "training.amp=bf16",
+                             "training.compile=true", "training.compile_backend=aot_eager")
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+    assert any(k.startswith("net.") for k in state["model"])
