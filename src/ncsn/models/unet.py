@@ -144,11 +144,13 @@ class AttnBlock(nn.Module):
         n, c, height, width = x.shape
         h = self.norm(x)
 
+        # The explicit .contiguous() calls let torch.compile with dynamic spatial sizes decide the
+        # memory layouts (without them inductor cannot order the symbolic strides).
         def tokens(t: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, HW, C)
-            return t.reshape(n, c, height * width).transpose(1, 2)
+            return t.contiguous().reshape(n, c, height * width).transpose(1, 2)
 
         a = F.scaled_dot_product_attention(tokens(self.q(h)), tokens(self.k(h)), tokens(self.v(h)))
-        a = a.transpose(1, 2).reshape(n, c, height, width)
+        a = a.transpose(1, 2).reshape(n, c, height, width).contiguous()
         return x + self.proj_out(a)
 
 
