@@ -181,6 +181,16 @@ def _sample_key(config: dict, info: dict, n: int, seed: int) -> dict:
     return {"checkpoint_step": info["step"], "n": n, "seed": seed, **sampler_settings(config)}
 
 
+def _cached(path: Path, key: dict):
+    """The samples and seconds stored at ``path`` if they were drawn with ``key``'s settings, else None."""
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as cached:
+        if "key" in cached and json.loads(str(cached["key"])) == key:
+            return torch.from_numpy(cached["samples"]), float(cached["seconds"])
+    return None
+
+
 def sample_rung(model_dir: Path, config: dict, path: Path, n: int, seed: int, device, progress: bool):
     """Samples of a rung (reused from ``path`` when they were drawn with the same settings), and the seconds spent."""
     from ncsn.generate import generate, load_model_for_sampling
@@ -188,10 +198,9 @@ def sample_rung(model_dir: Path, config: dict, path: Path, n: int, seed: int, de
     model, saved_config, info = load_model_for_sampling(model_dir, device=device)
     saved_config["sampling"] = copy.deepcopy(config["sampling"])
     key = _sample_key(saved_config, info, n, seed)
-    if path.exists():
-        with np.load(path, allow_pickle=False) as cached:
-            if "key" in cached and json.loads(str(cached["key"])) == key:
-                return torch.from_numpy(cached["samples"]), float(cached["seconds"]), key
+    hit = _cached(path, key)
+    if hit is not None:
+        return (*hit, key)
     began = time.perf_counter()
     samples = generate(model, saved_config, n, seed=seed, progress=progress)
     seconds = time.perf_counter() - began
@@ -210,7 +219,7 @@ def write_npz_atomic(path: Path, **arrays) -> None:
 
 
 def estimate_seconds(models: dict[str, dict], done: dict[str, int], rungs: list[tuple[Rung, dict]],
-                     preset: Preset, device) -> float:
+                     preset: Preset, device, sampled: set[str] = frozenset()) -> float:
     """Expected time of the remaining work, from one timed training step and network evaluation per model."""
     from ncsn.build import build_score_model, objective_of
     from ncsn.losses import ddpm_loss, ncsn_loss
@@ -247,7 +256,8 @@ def estimate_seconds(models: dict[str, dict], done: dict[str, int], rungs: list[
             model(xs, std)
             per_eval[name] = (time.perf_counter() - began) * math.ceil(preset.n_samples / xs.shape[0])
     for rung, _ in rungs:
-        total += per_eval[rung.model_dir] * preset.nfe
+        if rung.name not in sampled:
+            total += per_eval[rung.model_dir] * preset.nfe
     return total
 
 
@@ -272,12 +282,16 @@ def run_ladder(out: str | Path, base: dict, preset_name: str = "quick", device: 
     for rung, config in rungs:
         models.setdefault(rung.model_dir, config)
     done = {name: trained_step(out / name, config) for name, config in models.items()}
-    expected = estimate_seconds(models, done, rungs, preset, dev)
+    sampled = {rung.name for rung, config in rungs if done[rung.model_dir] >= preset.n_iters and
+               _cached(out / f"{rung.name}.npz", _sample_key(config, {"step": done[rung.model_dir]},
+                                                             preset.n_samples, seed)) is not None}
+    expected = estimate_seconds(models, done, rungs, preset, dev, sampled)
     trained_already = [n for n, s in done.items() if s >= preset.n_iters]
     log(f"ncsn compare --preset {preset_name}: {len(rungs)} rungs, {len(models)} models "
         f"({preset.n_iters} steps, batch {rungs[0][1]['training']['batch_size']}), {preset.n_samples} samples of "
         f"~{preset.nfe} network evaluations each; expected time about {expected / 60:.0f} min on {dev}"
-        + (f" ({', '.join(trained_already)} already trained)" if trained_already else ""))
+        + (f" ({', '.join(trained_already)} already trained)" if trained_already else "")
+        + (f" ({', '.join(sorted(sampled))} already sampled)" if sampled else ""))
 
     stages = len(models) + 2 * len(rungs)
     bar = tqdm(total=stages, desc="ladder", unit="stage", disable=not progress, dynamic_ncols=True, position=0)
@@ -375,6 +389,9 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+SHORT_TITLES = {"ncsn": "NCSN", "unet": "+ U-Net", "vp": "+ VP process", "ddpm": "+ ancestral sampler = DDPM"}
+
+
 def plot_ladder(path: Path, results: list[dict], samples_of: dict, logs: dict) -> None:
     """Each rung's first 64 samples side by side, and the training curves as per-dimension noise-prediction error."""
     import matplotlib
@@ -384,14 +401,18 @@ def plot_ladder(path: Path, results: list[dict], samples_of: dict, logs: dict) -
 
     from ncsn.plotting import make_grid, save_figure
 
-    fig, axes = plt.subplots(1, len(results) + 1, figsize=(3.2 * (len(results) + 1), 3.6), dpi=110)
-    for ax, r in zip(axes, results):
+    n = len(results)
+    fig = plt.figure(figsize=(3.3 * n, 6.6), dpi=110)
+    grid_spec = fig.add_gridspec(2, n, height_ratios=[3.2, 2.0])
+    for i, r in enumerate(results):
+        ax = fig.add_subplot(grid_spec[0, i])
         grid = make_grid(samples_of[r["name"]][:64], nrow=8)
         ax.imshow(grid[:, :, 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
                   interpolation="nearest")
-        ax.set_title(f"{r['title'][:28]}\nFID {r['metrics']['fid']:.1f}, NFE {r['nfe']}", fontsize=8)
+        ax.set_title(f"{i + 1}. {SHORT_TITLES.get(r['name'], r['name'])}\n{r['arch']}, {r['process'].upper()}, "
+                     f"{r['sampler'].replace('_', ' ')}\nFID {r['metrics']['fid']:.2f}, NFE {r['nfe']}", fontsize=9)
         ax.axis("off")
-    ax = axes[-1]
+    ax = fig.add_subplot(grid_spec[1, :])
     for name, (log_csv, config) in logs.items():
         steps, values = eps_mse_curve(log_csv, config)
         if steps:
