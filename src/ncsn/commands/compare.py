@@ -11,8 +11,8 @@ def add_parser(subparsers) -> None:
                     "training images, and write DIR/report.md, DIR/report.json and DIR/compare.png. Models and "
                     "samples already in DIR are reused.")
     p.add_argument("--preset", default="quick", help="quick (a smoke run, seconds) | full (the README's ladder: "
-                                                     "4,000 steps per model, 1,000 samples of 1,000 NFE; about an "
-                                                     "hour on 2 CPU cores) (default: quick)")
+                                                     "4,000 steps per model, 1,000 samples of 1,000 NFE; about 1.5 "
+                                                     "hours on 2 CPU cores) (default: quick)")
     p.add_argument("--config", default=None,
                    help="base config whose data, optimiser and RefineNet the ladder uses (default: configs/digits.yaml "
                         "as shipped with the package)")
