@@ -11,7 +11,7 @@ def add_parser(subparsers) -> None:
                     "training images, and write DIR/report.md, DIR/report.json and DIR/compare.png. Models and "
                     "samples already in DIR are reused.")
     p.add_argument("--preset", default="quick", help="quick (a smoke run, seconds) | full (the README's ladder: "
-                                                     "4,000 steps per model, 1,000 samples of 1,000 NFE; about 1.5 "
+                                                     "6,000 steps per model, 1,000 samples of 1,000 NFE; about 2 "
                                                      "hours on 2 CPU cores) (default: quick)")
     p.add_argument("--config", default=None,
                    help="base config whose data, optimiser and RefineNet the ladder uses (default: configs/digits.yaml "

@@ -72,7 +72,7 @@ PRESETS = {
     "quick": Preset(n_iters=6, snapshot_freq=6, n_samples=24, nfe=20, batch_size=16,
                     extra={"model": {"ngf": 4}, "sampling": {"batch_size": 64}}),
     # the README's ladder: each rung near its plateau, 1,000 samples, 1,000 network evaluations per sample
-    "full": Preset(n_iters=4000, snapshot_freq=500, n_samples=1000, nfe=1000),
+    "full": Preset(n_iters=6000, snapshot_freq=500, n_samples=1000, nfe=1000),
 }
 
 
