@@ -12,6 +12,7 @@ import torch
 
 from ncsn import checkpoint as ckpt
 from ncsn.cli import main
+from ncsn.config import load_config
 from ncsn.distributed import shard_sizes
 
 TINY = [
@@ -25,6 +26,18 @@ def sets(*extra):
     return [a for s in TINY + list(extra) for a in ("--set", s)]
 
 
+def networks(config, *states):
+    """The score model of ``config`` with each checkpoint's weights, in eval mode."""
+    from ncsn.build import build_score_model
+
+    nets = []
+    for state in states:
+        net = build_score_model(config)
+        net.load_state_dict(state["model"])
+        nets.append(net.eval())
+    return nets
+
+
 def assert_same_network(a, b):
     """Same function (outputs on a fixed batch at every level) and nearly the same weights.
 
@@ -36,15 +49,8 @@ def assert_same_network(a, b):
     trained on the wrong data or skipped the gradient averaging moves most weights by about
     ``lr`` per step in another direction and fails both.
     """
-    from ncsn.config import load_config
-    from ncsn.train import build_score_model
-
     config = load_config("configs/digits.yaml", TINY)
-    nets = []
-    for state in (a, b):
-        net = build_score_model(config)
-        net.load_state_dict(state["model"])
-        nets.append(net.eval())
+    nets = networks(config, a, b)
     x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         for sigma in nets[0].sigmas.tolist():
@@ -146,8 +152,6 @@ def test_shard_sizes_cover_everything():
 
 def test_a_unet_on_the_vp_process_trains_the_same_network_on_two_processes(tmp_path):
     """The DDPM side of the ladder through DistributedDataParallel (L_simple calls the model by timestep)."""
-    from ncsn.build import build_score_model
-    from ncsn.config import load_config
 
     unet = ["model.arch=unet", "model.process=vp", "model.num_timesteps=50", "model.ch_mult=[1,2]",
             "model.attn_resolutions=[4]", "model.dropout=0.0"]
@@ -157,12 +161,7 @@ def test_a_unet_on_the_vp_process_trains_the_same_network_on_two_processes(tmp_p
     torchrun("train", "configs/digits.yaml", "--workdir", str(two), "--device", "cpu", "--no-progress", *sets(*unet))
     a, b = ckpt.load_checkpoint(one), ckpt.load_checkpoint(two)
     assert b["world_size"] == 2 and a["step"] == b["step"] == 4
-    config = load_config("configs/digits.yaml", TINY + unet)
-    nets = []
-    for state in (a, b):
-        net = build_score_model(config)
-        net.load_state_dict(state["model"])
-        nets.append(net.eval())
+    nets = networks(load_config("configs/digits.yaml", TINY + unet), a, b)
     x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([0, 10, 20, 30, 40, 49])
     with torch.no_grad():
