@@ -37,8 +37,7 @@ def make_process(config: dict) -> Process:
 def make_sigmas(config: dict) -> torch.Tensor:
     """The kernel standard deviations of the process's levels, noisiest first (VE: NCSN's L sigmas)."""
     process = make_process(config)
-    stds = process.stds.to(torch.float32)
-    return stds if process.name == "ve" else stds.flip(0)
+    return process.noisiest_first(process.stds.to(torch.float32))
 
 
 def build_network(config: dict, process: Process) -> nn.Module:
@@ -47,9 +46,8 @@ def build_network(config: dict, process: Process) -> nn.Module:
     if m["arch"] == "refinenet":
         from ncsn.models.refinenet import RefineNet
 
-        levels = process.noise_levels.to(torch.float32)
-        if process.name == "vp":
-            levels = levels.flip(0)  # RefineNet holds its levels in decreasing order
+        # RefineNet holds its levels in decreasing order
+        levels = process.noisiest_first(process.noise_levels.to(torch.float32))
         return RefineNet(channels=d["channels"], ngf=m["ngf"], sigmas=levels,
                          scale_by_sigma=m["scale_by_sigma"] and process.name == "ve")
     from ncsn.models.unet import UNet

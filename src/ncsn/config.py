@@ -186,6 +186,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def validate(config: dict) -> None:
     """Check cross-key constraints that types alone cannot express."""
+    from ncsn.processes import PROCESSES
+    from ncsn.sampling import VARIANCES
+    from ncsn.sigmas import BETA_SCHEDULES
+
     t, m, d = config["training"], config["model"], config["data"]
     checks = [
         (t["batch_size"] >= 1, "training.batch_size must be >= 1"),
@@ -203,16 +207,16 @@ def validate(config: dict) -> None:
         (config["optim"]["warmup"] >= 0, "optim.warmup must be >= 0"),
         (t["objective"] in OBJECTIVES, f"training.objective must be one of {', '.join(OBJECTIVES)}"),
         (m["arch"] in ARCHS, f"model.arch must be one of {', '.join(ARCHS)}"),
-        (m["process"] in ("ve", "vp"), "model.process must be ve or vp"),
+        (m["process"] in PROCESSES, f"model.process must be one of {', '.join(PROCESSES)}"),
         (m["num_timesteps"] >= 2, "model.num_timesteps must be >= 2"),
-        (m["beta_schedule"] in ("linear", "cosine"), "model.beta_schedule must be linear or cosine"),
+        (m["beta_schedule"] in BETA_SCHEDULES, f"model.beta_schedule must be one of {', '.join(BETA_SCHEDULES)}"),
         (0 < m["beta_start"] <= m["beta_end"] < 1, "need 0 < model.beta_start <= model.beta_end < 1"),
         (len(m["ch_mult"]) >= 1 and min(m["ch_mult"]) >= 1, "model.ch_mult must be a non-empty list of positive integers"),
         (m["num_res_blocks"] >= 1, "model.num_res_blocks must be >= 1"),
         (0.0 <= m["dropout"] < 1.0, "model.dropout must be in [0, 1)"),
         (m["ngf"] >= 1, "model.ngf must be >= 1"),
         (config["sampling"]["method"] in SAMPLERS, f"sampling.method must be one of {', '.join(SAMPLERS)}"),
-        (config["sampling"]["variance"] in ("beta", "posterior"), "sampling.variance must be beta or posterior"),
+        (config["sampling"]["variance"] in VARIANCES, f"sampling.variance must be one of {', '.join(VARIANCES)}"),
         (config["sampling"]["n_levels"] >= 0, "sampling.n_levels must be >= 0"),
         (config["sampling"]["clip_x0"] >= 0, "sampling.clip_x0 must be >= 0 (0: off)"),
         (config["sampling"]["n_steps_each"] >= 1, "sampling.n_steps_each must be >= 1"),

@@ -35,17 +35,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get("NCSN_CACHE", Path.home() / ".cache" / "ncsn"))
 
 
-def load_real_images(dataset: str, root: str | None, split: str, image_size: int, channels: int,
-                     limit: int | None = None, download: bool = False, progress: bool = False) -> torch.Tensor:
-    """The reference images (``(N, C, H, W)`` in [0, 1]) of ``dataset``'s ``split`` (``download``:
-    fetch MNIST / CIFAR-10 into ``root`` when they are not there, with a progress bar if ``progress``)."""
+def open_split(dataset: str, root: str | None, split: str, image_size: int, channels: int, download: bool = False,
+               progress: bool = False):
+    """``dataset``'s ``split`` (train | test | all) at ``image_size`` (``channels`` for folders)."""
     from ncsn.data.images import get_dataset
 
     kwargs = dict(root=root, train={"train": True, "test": False, "all": None}[split], image_size=image_size,
                   download=download, progress=progress)
     if dataset == "folder":
         kwargs["channels"] = channels
-    data = get_dataset(dataset, **kwargs)
+    return get_dataset(dataset, **kwargs)
+
+
+def load_real_images(dataset: str, root: str | None, split: str, image_size: int, channels: int,
+                     limit: int | None = None, download: bool = False, progress: bool = False) -> torch.Tensor:
+    """The reference images (``(N, C, H, W)`` in [0, 1]) of ``dataset``'s ``split`` (``download``:
+    fetch MNIST / CIFAR-10 into ``root`` when they are not there, with a progress bar if ``progress``)."""
+    data = open_split(dataset, root, split, image_size, channels, download, progress)
     n = len(data) if limit is None else min(limit, len(data))
     return data.get_batch(torch.arange(n))
 
@@ -58,26 +64,22 @@ def ddpm_bits_per_dim(model, config: dict, split: str = "test", limit: int | Non
     [-1, 1], with the discretised decoder's bins 2 / (K - 1) wide. Returns the mean over the
     images and the protocol.
     """
-    from ncsn.data.images import get_dataset
     from ncsn.likelihood import ddpm_vlb
+    from ncsn.models.score_model import eps_fn_of
 
     process = model.process
     if process.name != "vp":
         raise UserError("bpd is DDPM's variational bound and needs a VP model (model.process=vp); "
                         "this one was trained with model.process=" + process.name)
     d = config["data"]
-    kwargs = dict(root=d["root"], train={"train": True, "test": False, "all": None}[split],
-                  image_size=d["image_size"], download=download, progress=progress)
-    if d["dataset"] == "folder":
-        kwargs["channels"] = d["channels"]
-    data = get_dataset(d["dataset"], **kwargs)
+    data = open_split(d["dataset"], d["root"], split, d["image_size"], d["channels"], download, progress)
     n = len(data) if limit is None else min(limit, len(data))
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     values = []
     for start in range(0, n, batch_size):
         images = data.get_batch(torch.arange(start, min(n, start + batch_size))).to(device)
-        out = ddpm_vlb(lambda x, t: model(x, None, index=t, eps=True), process.to_model(images), process.betas,
+        out = ddpm_vlb(eps_fn_of(model), process.to_model(images), process.betas,
                        bin_width=2.0 / (data.n_levels - 1), variance=config["sampling"]["variance"], generator=gen,
                        progress=progress)
         values.append(out["bpd"].cpu())

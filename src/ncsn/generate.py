@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ncsn.build import load_score_model, sampler_of
+from ncsn.build import load_score_model, make_process, sampler_of
+from ncsn.models.score_model import eps_fn_of
 from ncsn.sampling import annealed_langevin, ddpm_ancestral, tweedie_denoise
 
 
@@ -47,11 +48,7 @@ def nfe_of(config: dict) -> int:
     s, m = config["sampling"], config["model"]
     if sampler_of(config) == "ddpm":
         return m["num_timesteps"]
-    if m["process"] == "ve":
-        n_levels = m["num_classes"]
-    else:
-        n_levels = s["n_levels"] or m["num_timesteps"]
-    return n_levels * s["n_steps_each"] + int(s["denoise"])
+    return len(make_process(config).langevin_levels(s["n_levels"])) * s["n_steps_each"] + int(s["denoise"])
 
 
 def sampler_settings(config: dict) -> dict:
@@ -67,7 +64,7 @@ def sampler_settings(config: dict) -> dict:
     if method == "annealed_langevin":
         out.update(step_lr=s["step_lr"], n_steps_each=s["n_steps_each"], denoise=s["denoise"])
         if m["process"] == "vp":
-            out["n_levels"] = s["n_levels"] or m["num_timesteps"]
+            out["n_levels"] = len(make_process(config).langevin_levels(s["n_levels"]))
     else:
         out.update(variance=s["variance"], clip_x0=s["clip_x0"] or None)
     return out
@@ -152,10 +149,7 @@ def run_sampler(model: nn.Module, config: dict, x: torch.Tensor, generator: torc
     s = config["sampling"]
     process = model.process
     if sampler_of(config) == "ddpm":
-        def eps_fn(x_t, t):
-            return model(x_t, None, index=t, eps=True)
-
-        return ddpm_ancestral(eps_fn, x, process.betas, variance=s["variance"], clip_x0=s["clip_x0"] or None,
+        return ddpm_ancestral(eps_fn_of(model), x, process.betas, variance=s["variance"], clip_x0=s["clip_x0"] or None,
                               generator=generator, callback=callback)
     levels = process.langevin_levels(s["n_levels"]).to(x.device)
     ve = process.name == "ve"

@@ -114,6 +114,10 @@ class Process:
         # KL(N(a x0, s^2) || N(0, v)) = 1/2 [s^2/v + a^2 x0^2 / v - 1 - log(s^2 / v)], summed over dimensions
         return 0.5 * (d * (s * s / prior_var - 1 - math.log(s * s / prior_var)) + a * a * flat.square().sum(1) / prior_var)
 
+    def noisiest_first(self, table: torch.Tensor) -> torch.Tensor:
+        """A per-level table reordered so the noisiest level comes first (VE's order; VP's reversed)."""
+        return table if self.stds[0] >= self.stds[-1] else table.flip(0)
+
     @property
     def noisiest(self) -> int:
         return int(torch.argmax(self.noise_levels))

@@ -40,6 +40,7 @@ from ncsn.data.transforms import dequantize, flip_where, logit_transform
 from ncsn.errors import DivergenceError, UserError
 from ncsn.build import CHECKPOINT_VERSION, build_score_model, load_state, make_sigmas, objective_of
 from ncsn.losses import ddpm_loss, ncsn_loss
+from ncsn.models.score_model import eps_fn_of
 
 __all__ = ["train", "build_score_model", "make_sigmas", "CHECKPOINT_VERSION"]
 
@@ -134,6 +135,19 @@ def prepare_batch(images: torch.Tensor, draws: StepDraws, n_levels: int, logit: 
     if logit:
         x = logit_transform(x)
     return x
+
+
+def objective_loss(net: nn.Module, model: nn.Module, objective: str, x: torch.Tensor, levels: torch.Tensor,
+                   noise: torch.Tensor | None = None) -> torch.Tensor:
+    """One batch's training loss: NCSN's sigma^2-weighted DSM (``ncsn``) or DDPM's L_simple (``ddpm``).
+
+    ``net`` is what is called (the score model, or its DDP / compile wrapper), ``model`` the bare
+    :class:`~ncsn.models.score_model.ScoreModel` whose per-level tables (on its device) give the kernel.
+    """
+    if objective == "ncsn":
+        scales = None if model.process.name == "ve" else model.level_scales
+        return ncsn_loss(net, x, model.level_stds, levels=levels, noise=noise, scales=scales)
+    return ddpm_loss(eps_fn_of(net), x, model.level_alphas_bar, t=levels, noise=noise)
 
 
 def warmup_lr(lr: float, warmup: int, step: int) -> float:
@@ -277,10 +291,7 @@ def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,
             scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
     process = model.process
-    sigmas = process.stds.to(device=ctx.device, dtype=torch.float32)  # kernel std per level
-    scales = None if process.name == "ve" else process.scales.to(device=ctx.device, dtype=torch.float32)
-    alphas_bar = getattr(process, "alphas_bar", None)
-    alphas_bar = None if alphas_bar is None else alphas_bar.to(device=ctx.device, dtype=torch.float32)
+    sigmas = model.level_stds  # kernel std per level
 
     net = model
     if ctx.distributed:
@@ -339,11 +350,7 @@ def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,
             # resuming reproduces it; other world sizes draw other masks (same distribution)
             torch.manual_seed(((t["seed"] * 1_000_003 + step) * 1024 + ctx.rank) % (2**63 - 1))
             with _autocast(config, ctx.device):
-                if objective == "ncsn":
-                    loss = ncsn_loss(net, x, sigmas, levels=draws.levels, noise=draws.noise, scales=scales)
-                else:
-                    loss = ddpm_loss(lambda x_t, t_: net(x_t, None, index=t_, eps=True), x, alphas_bar,
-                                     t=draws.levels, noise=draws.noise)
+                loss = objective_loss(net, model, objective, x, draws.levels, draws.noise)
             if o["warmup"]:
                 for group in optimizer.param_groups:
                     group["lr"] = warmup_lr(o["lr"], o["warmup"], step)

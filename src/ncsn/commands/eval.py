@@ -119,6 +119,8 @@ def run(args) -> int:
     if not ctx.is_main:
         return 0
 
+    out = Path(args.out) if args.out else (Path(args.target) / "eval.json" if args.target and Path(args.target).is_dir()
+                                          else Path("eval.json"))
     if not sample_names:  # bpd alone: no samples, no features
         rows = [{"label": label, "metrics": {"bpd": meta["bpd"]}, "protocol": meta} for meta, _, label in sources]
         for row in rows:
@@ -126,8 +128,6 @@ def run(args) -> int:
             print(f"{row['label']}: {row['metrics']['bpd']:.4f} bits/dim ({bp['bound']}; {bp['n']} images of "
                   f"{bp['split']}, {bp['grey_levels']} grey levels, no dequantisation, {bp['nfe_per_image']} "
                   f"network evaluations each)")
-        out = Path(args.out) if args.out else (Path(args.target) / "eval.json" if Path(args.target).is_dir()
-                                              else Path("eval.json"))
         ev.write_json(out, {"metrics": names, "results": rows})
         print(f"wrote {out}")
         return 0
@@ -164,8 +164,6 @@ def run(args) -> int:
         print(f"bpd: {bp['bound']}; {bp['n']} images of {bp['split']} on their {bp['grey_levels']}-level grid "
               f"(no dequantisation), {bp['nfe_per_image']} network evaluations per image")
 
-    out = Path(args.out) if args.out else (Path(args.target) / "eval.json" if args.target and Path(args.target).is_dir()
-                                          else Path("eval.json"))
     ev.write_json(out, {"metrics": names, "results": rows})
     written = [str(out)]
     if args.every_checkpoint:

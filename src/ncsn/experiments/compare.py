@@ -64,12 +64,13 @@ class Preset:
     n_samples: int
     nfe: int
     batch_size: int | None = None  # None: the base config's
+    unet_width: int | None = None  # None: the U-Net preset's base width for the image size
     extra: dict = field(default_factory=dict)
 
 
 PRESETS = {
     # a smoke run for CI: a few steps, few samples, T = 20 so DDPM's chain has 20 steps like the others
-    "quick": Preset(n_iters=6, snapshot_freq=6, n_samples=24, nfe=20, batch_size=16,
+    "quick": Preset(n_iters=6, snapshot_freq=6, n_samples=24, nfe=20, batch_size=16, unet_width=16,
                     extra={"model": {"ngf": 4}, "sampling": {"batch_size": 64}}),
     # the README's ladder: each rung near its plateau, 1,000 samples, 1,000 network evaluations per sample
     "full": Preset(n_iters=6000, snapshot_freq=500, n_samples=1000, nfe=1000),
@@ -80,8 +81,8 @@ def ladder(base: dict, preset: Preset) -> list[tuple[Rung, dict]]:
     """The four rungs and each one's complete config, built from ``base`` and ``preset``."""
     image_size = base["data"]["image_size"]
     unet = unet_sizes(image_size)
-    if "ngf" in preset.extra.get("model", {}):
-        unet["ngf"] = 4 * preset.extra["model"]["ngf"]
+    if preset.unet_width:
+        unet["ngf"] = preset.unet_width
     n_levels = base["model"]["num_classes"]
     per_level = max(1, preset.nfe // n_levels)
     vp = {"process": "vp", "num_timesteps": preset.nfe}
@@ -222,7 +223,7 @@ def estimate_seconds(models: dict[str, dict], done: dict[str, int], rungs: list[
                      preset: Preset, device, sampled: set[str] = frozenset()) -> float:
     """Expected time of the remaining work, from one timed training step and network evaluation per model."""
     from ncsn.build import build_score_model, objective_of
-    from ncsn.losses import ddpm_loss, ncsn_loss
+    from ncsn.train import objective_loss
 
     per_eval, total = {}, 0.0
     for name, config in models.items():
@@ -234,11 +235,7 @@ def estimate_seconds(models: dict[str, dict], done: dict[str, int], rungs: list[
         opt = torch.optim.Adam(model.parameters(), lr=1e-6)
 
         def step():
-            if objective_of(config) == "ncsn":
-                loss = ncsn_loss(model, x, model.level_stds, levels=levels)
-            else:
-                loss = ddpm_loss(lambda x_t, t: model(x_t, None, index=t, eps=True), x,
-                                 model.process.alphas_bar.float(), t=levels)
+            loss = objective_loss(model, model, objective_of(config), x, levels)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -41,11 +41,14 @@ class ScoreModel(nn.Module):
         self.output = output
         self.register_buffer("level_stds", process.stds.to(torch.float32), persistent=False)
         self.register_buffer("level_noise", process.noise_levels.to(torch.float32), persistent=False)
+        self.register_buffer("level_scales", process.scales.to(torch.float32), persistent=False)
+        alphas_bar = getattr(process, "alphas_bar", process.scales.square())
+        self.register_buffer("level_alphas_bar", alphas_bar.to(torch.float32), persistent=False)
 
     @property
     def sigmas(self) -> torch.Tensor:
         """The kernel standard deviations of the trained levels, noisiest first (VE: NCSN's sigmas)."""
-        return self.level_stds if self.process.name == "ve" else self.level_stds.flip(0)
+        return self.process.noisiest_first(self.level_stds)
 
     def forward(self, x: torch.Tensor, sigma, *, index: torch.Tensor | None = None, eps: bool = False) -> torch.Tensor:
         """The score at kernel std ``sigma`` (or at training level ``index``); the noise prediction if ``eps``."""
@@ -58,3 +61,11 @@ class ScoreModel(nn.Module):
         if self.output == "score":
             return score_to_eps(out, std) if eps else out
         return out if eps else eps_to_score(out, std)
+
+
+def eps_fn_of(model: nn.Module):
+    """DDPM's ``eps_fn(x, t)`` of a score model (or of its DDP / compile wrapper): the noise at timestep ``t``."""
+    def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(x, None, index=t, eps=True)
+
+    return eps_fn
