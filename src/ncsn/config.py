@@ -74,8 +74,18 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "warmup": 0,              # linear learning-rate warm-up over this many steps (0: off)
     },
     "sampling": {
-        "method": "auto",         # auto | annealed_langevin | ddpm; auto: annealed_langevin for ve, ddpm for vp
-        "n_levels": 0,            # annealed Langevin on a vp model: timesteps visited (0: all T)
+        "method": "auto",         # auto | annealed_langevin | consistent_annealing | predictor_corrector | pf_ode | ddpm
+                                  # (auto: annealed_langevin for ve, ddpm for vp)
+        "sigmas": "trained",      # the levels the sampler visits: trained (the model's own) | geometric | karras
+        "n_levels": 0,            # how many levels (0: all trained ones; geometric/karras need a count)
+        "rho": 7.0,               # karras: the schedule's exponent (Karras et al. 2022)
+        "solver": "heun",         # pf_ode: heun | euler
+        "snr": 0.16,              # predictor_corrector: the corrector's signal-to-noise ratio
+        "n_corrector": 1,         # predictor_corrector: corrector steps per level
+        "predictor": "reverse_diffusion",  # predictor_corrector: reverse_diffusion | ancestral | none
+        "corrector": "langevin",  # predictor_corrector: langevin | none
+        "eta": 0.0,               # consistent_annealing: fraction of the noise each step removes (0: as much fresh
+                                  # noise as DDPM's ancestral step)
         "variance": "beta",       # ddpm: reverse variance beta_t | posterior (beta~_t)
         "clip_x0": 0.0,           # ddpm: clip the predicted x0 to [-c, c] (0: off)
         "step_lr": 2e-5,          # Algorithm 1's epsilon: alpha_i = step_lr * sigma_i^2 / sigma_L^2
@@ -87,7 +97,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 OBJECTIVES = ("auto", "ncsn", "ddpm")
 ARCHS = ("refinenet", "unet")
-SAMPLERS = ("auto", "annealed_langevin", "ddpm")
+SAMPLERS = ("auto", "annealed_langevin", "consistent_annealing", "predictor_corrector", "pf_ode", "ddpm")
 
 
 def _type_name(value: Any) -> str:
@@ -187,10 +197,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 def validate(config: dict) -> None:
     """Check cross-key constraints that types alone cannot express."""
     from ncsn.processes import PROCESSES
-    from ncsn.sampling import VARIANCES
-    from ncsn.sigmas import BETA_SCHEDULES
+    from ncsn.sampling import CORRECTORS, PREDICTORS, SOLVERS, VARIANCES
+    from ncsn.sigmas import BETA_SCHEDULES, SCHEDULES
 
-    t, m, d = config["training"], config["model"], config["data"]
+    t, m, d, sp = config["training"], config["model"], config["data"], config["sampling"]
     checks = [
         (t["batch_size"] >= 1, "training.batch_size must be >= 1"),
         (t["n_iters"] >= 0, "training.n_iters must be >= 0"),
@@ -220,6 +230,18 @@ def validate(config: dict) -> None:
         (config["sampling"]["n_levels"] >= 0, "sampling.n_levels must be >= 0"),
         (config["sampling"]["clip_x0"] >= 0, "sampling.clip_x0 must be >= 0 (0: off)"),
         (config["sampling"]["n_steps_each"] >= 1, "sampling.n_steps_each must be >= 1"),
+        (sp["sigmas"] in SCHEDULES, f"sampling.sigmas must be one of {', '.join(SCHEDULES)}"),
+        (sp["sigmas"] == "trained" or sp["n_levels"] >= 2,
+         f"sampling.sigmas={sp['sigmas']} needs sampling.n_levels >= 2 (how many levels to visit)"),
+        (sp["rho"] > 0, "sampling.rho must be > 0"),
+        (sp["solver"] in SOLVERS, f"sampling.solver must be one of {', '.join(SOLVERS)}"),
+        (sp["snr"] > 0, "sampling.snr must be > 0"),
+        (sp["n_corrector"] >= 0, "sampling.n_corrector must be >= 0"),
+        (sp["predictor"] in PREDICTORS, f"sampling.predictor must be one of {', '.join(PREDICTORS)}"),
+        (sp["corrector"] in CORRECTORS, f"sampling.corrector must be one of {', '.join(CORRECTORS)}"),
+        (not (sp["predictor"] == "none" and (sp["corrector"] == "none" or sp["n_corrector"] == 0)),
+         "sampling.predictor=none needs a corrector (sampling.corrector=langevin, sampling.n_corrector >= 1)"),
+        (0.0 <= sp["eta"] <= 1.0, "sampling.eta must be in [0, 1] (0: automatic)"),
     ]
     for ok, message in checks:
         if not ok:

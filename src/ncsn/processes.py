@@ -97,9 +97,13 @@ class Process:
         """a for a kernel standard deviation s."""
         raise NotImplementedError
 
-    def langevin_levels(self, n: int = 0) -> torch.Tensor:
-        """Decreasing kernel standard deviations for annealed Langevin dynamics (``n`` of them, 0: all)."""
+    def std_of_noise_level(self, noise_level: torch.Tensor) -> torch.Tensor:
+        """The kernel standard deviation s of an equivalent noise level sigma~ (the inverse of :meth:`noise_level_of_std`)."""
         raise NotImplementedError
+
+    def scale_of_noise_level(self, noise_level: torch.Tensor) -> torch.Tensor:
+        """The kernel scale a of an equivalent noise level sigma~."""
+        return self.scale_of_std(self.std_of_noise_level(noise_level))
 
     def prior_sample(self, shape, generator=None, device=None) -> torch.Tensor:
         raise NotImplementedError
@@ -157,10 +161,8 @@ class VEProcess(Process):
     def scale_of_std(self, std):
         return torch.ones_like(std)
 
-    def langevin_levels(self, n: int = 0) -> torch.Tensor:
-        if n and n != self.num_levels:
-            raise ValueError(f"a VE model samples at its {self.num_levels} trained levels (sampling.n_levels={n})")
-        return self.stds.to(torch.float32)
+    def std_of_noise_level(self, noise_level):
+        return noise_level
 
     def prior_sample(self, shape, generator=None, device=None):
         return torch.rand(shape, generator=generator, device=device)
@@ -198,15 +200,12 @@ class VPProcess(Process):
     def scale_of_std(self, std):
         return (1.0 - std * std).clamp_min(0.0).sqrt()
 
-    def langevin_timesteps(self, n: int = 0) -> torch.Tensor:
-        """``n`` timesteps from T-1 down to 0, evenly spaced (0: all T)."""
-        T = self.num_levels
-        if not n or n >= T:
-            return torch.arange(T - 1, -1, -1)
-        return torch.linspace(T - 1, 0, n, dtype=torch.float64).round().long()
+    def std_of_noise_level(self, noise_level):
+        # s / a = sigma~ with a^2 + s^2 = 1:  s = sigma~ / sqrt(1 + sigma~^2)
+        return noise_level * torch.rsqrt(1.0 + noise_level * noise_level)
 
-    def langevin_levels(self, n: int = 0) -> torch.Tensor:
-        return self.stds[self.langevin_timesteps(n)].to(torch.float32)
+    def scale_of_noise_level(self, noise_level):
+        return torch.rsqrt(1.0 + noise_level * noise_level)  # 1 / sqrt(1 + sigma~^2), accurate where a is tiny
 
     def prior_sample(self, shape, generator=None, device=None):
         return torch.randn(shape, generator=generator, device=device)
@@ -218,6 +217,27 @@ class VPProcess(Process):
     def describe(self) -> str:
         return (f"VP, T={self.num_levels}, abar_T={float(self.alphas_bar[-1]):.2g} "
                 f"(betas {float(self.betas[0]):g} -> {float(self.betas[-1]):g})")
+
+
+def ve_view(score_fn, process: Process):
+    """The score of y = x / a as a function of the noise level sigma~: the VE form of any Gaussian process.
+
+    With x = a x0 + s z, y = x / a = x0 + sigma~ z (sigma~ = s / a) follows NCSN's VE process, and
+    grad_y log p(y) = a grad_x log q(a y). The returned ``score(y, sigma~)`` evaluates ``score_fn(x, s)``
+    at x = a y, s = a sigma~, so a VP model can be sampled with the VE form of the probability-flow
+    ODE (:func:`ncsn.sampling.pf_ode`), consistent annealing or the ODE likelihood; start from
+    y = x_T / a_T and read the sample at sigma~ = 0, where y = x0. For a VE process it is ``score_fn``.
+    """
+    if isinstance(process, VEProcess):
+        return score_fn
+
+    def score(y, noise_level):
+        noise_level = noise_level.to(y.dtype)
+        a = process.scale_of_noise_level(noise_level)
+        a_col = per_sample(a, y)
+        return a_col * score_fn(a_col * y, a * noise_level)
+
+    return score
 
 
 def ve_process(sigma_begin: float, sigma_end: float, num_levels: int) -> VEProcess:

@@ -174,8 +174,8 @@ def run(args) -> int:
 
 def sampler_settings_keys() -> list[str]:
     return ["checkpoint", "step", "ema", "seed", "sampler", "arch", "process", "nfe", "sigma_begin", "sigma_end",
-            "num_classes", "num_timesteps", "beta_schedule", "n_levels", "step_lr", "n_steps_each", "denoise",
-            "variance", "clip_x0"]
+            "num_classes", "num_timesteps", "beta_schedule", "sigmas", "n_levels", "rho", "step_lr", "n_steps_each",
+            "eta", "predictor", "corrector", "snr", "n_corrector", "solver", "denoise", "variance", "clip_x0"]
 
 
 def write_metric_vs_step(rows: list[dict], names: list[str], stem: Path) -> list[str]:

@@ -26,6 +26,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", default="inpainting.png", help="PNG grid: occluded input, completions, original")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-ema", action="store_true")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="sampling.KEY=VALUE",
+                   help="sampler settings (step_lr, n_steps_each, denoise, sigmas, n_levels); inpainting uses "
+                        "annealed Langevin (NCSN's Algorithm 2)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -69,7 +72,9 @@ def read_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
 def run(args) -> int:
     from ncsn.data.images import get_dataset
     from ncsn.device import resolve_device
-    from ncsn.generate import load_model_for_sampling
+    from ncsn.build import sampler_of
+    from ncsn.commands.sample import apply_sampling_overrides
+    from ncsn.generate import is_continuous, load_model_for_sampling, plan_sampler
     from ncsn.plotting import save_image_grid
     from ncsn.sampling import annealed_langevin_inpaint
 
@@ -78,6 +83,11 @@ def run(args) -> int:
     if model.process.name != "ve":
         raise UserError(f"inpainting is implemented for VE (NCSN) models, Algorithm 2 of Song & Ermon (2019); "
                         f"{info['checkpoint']} was trained with model.process={model.process.name}")
+    config = apply_sampling_overrides(config, args.overrides)
+    if sampler_of(config) != "annealed_langevin":
+        raise UserError(f"inpainting runs annealed Langevin dynamics (Song & Ermon 2019, Algorithm 2); "
+                        f"sampling.method={config['sampling']['method']} has no conditional form here")
+    plan = plan_sampler(config, model.process, is_continuous(model))
     d, s = config["data"], config["sampling"]
     channels, size = d["channels"], d["image_size"]
     if args.image == "dataset":
@@ -99,7 +109,7 @@ def run(args) -> int:
     mask_b = mask.expand(known.shape[0], channels, size, size).to(device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     x0 = torch.rand(known.shape, generator=gen, device=device)
-    sigmas = model.process.langevin_levels().to(device)
+    sigmas = plan.stds.to(device)
     with torch.no_grad():
         filled = annealed_langevin_inpaint(model, x0, known, mask_b, sigmas, s["step_lr"], s["n_steps_each"],
                                            denoise=s["denoise"], generator=gen, progress=not args.no_progress)

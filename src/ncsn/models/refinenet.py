@@ -61,6 +61,9 @@ class RefineNet(nn.Module):
     ``torch.compile``.
     """
 
+    #: conditioned on the index of its nearest trained level: other noise levels are not its own
+    continuous_noise_level = False
+
     def __init__(self, channels: int, ngf: int, sigmas: torch.Tensor, scale_by_sigma: bool = False):
         super().__init__()
         for name, value in (("channels", channels), ("ngf", ngf)):

@@ -217,6 +217,9 @@ class UNet(nn.Module):
     parameters for 3 channels (35.7 M, as the paper reports); see :data:`UNET_PRESETS`.
     """
 
+    #: conditioned on the noise level itself (any sigma > 0), not on the index of a trained level
+    continuous_noise_level = True
+
     def __init__(self, channels: int, ch: int = 128, ch_mult: Sequence[int] = (1, 2, 2, 2),
                  num_res_blocks: int = 2, attn_resolutions: Sequence[int] = (16,), dropout: float = 0.0,
                  image_size: int = 32):

@@ -1,0 +1,187 @@
+"""Predictor-corrector, probability-flow ODE and consistent annealing against closed forms and the NCSN toy."""
+
+import math
+
+import pytest
+import torch
+
+from ncsn.data.toy import GaussianMixture, paper_mixture
+from ncsn.metrics.toy import mode_weights
+from ncsn.processes import ve_view, vp_process
+from ncsn.sampling import (ancestral_eta, annealed_langevin, consistent_annealing, consistent_eta_range, pf_ode,
+                           predictor_corrector)
+from ncsn.sigmas import geometric, karras
+
+
+def gaussian_score(var0: float):
+    """Data N(0, var0 I) perturbed by N(0, sigma^2 I): score -x / (var0 + sigma^2)."""
+    return lambda x, sigma: -x / (var0 + sigma.reshape(-1, *[1] * (x.ndim - 1)) ** 2)
+
+
+def mixture_start(mix, sigma_max: float, n: int, seed: int) -> torch.Tensor:
+    return sigma_max * torch.randn(n, mix.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def double(mix: GaussianMixture) -> GaussianMixture:
+    return GaussianMixture(mix.means.double(), mix.stds.double(), mix.weights.double())
+
+
+def assert_unit_modes(x: torch.Tensor, mix: GaussianMixture) -> None:
+    """Each mode's samples have the mode's unit standard deviation."""
+    nearest = mix.nearest_mode(x)
+    for k in range(2):
+        torch.testing.assert_close(x[nearest == k].std(0), torch.ones(2, dtype=torch.float64), atol=0.08, rtol=0)
+
+
+def test_karras_levels_follow_the_formula_and_tend_to_geometric():
+    s = karras(0.002, 80.0, 5, rho=7.0, dtype=torch.float64)
+    ramp = torch.linspace(0, 1, 5, dtype=torch.float64)
+    expected = (80.0 ** (1 / 7) + ramp * (0.002 ** (1 / 7) - 80.0 ** (1 / 7))) ** 7
+    torch.testing.assert_close(s, expected)
+    assert s[0] == 80.0 and s[-1] == 0.002 and bool((s[1:] < s[:-1]).all())
+    torch.testing.assert_close(karras(0.01, 5.0, 10, rho=1e6, dtype=torch.float64),
+                               geometric(5.0, 0.01, 10, dtype=torch.float64), rtol=1e-4, atol=0)
+    torch.testing.assert_close(karras(1.0, 3.0, 3, rho=1.0), torch.tensor([3.0, 2.0, 1.0]))
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        karras(2.0, 1.0, 4)
+
+
+def test_pf_ode_reproduces_the_mixture_weights_and_is_deterministic():
+    # from N(0, sigma_max^2 I): sigma_max must dwarf the data's offset (mean (3, 3)) for the prior to be right
+    mix = double(paper_mixture())
+    sigmas = karras(0.01, 200.0, 40, dtype=torch.float64)
+    x0 = mixture_start(mix, 200.0, 4000, seed=0)
+    x = pf_ode(mix.score, x0, sigmas)
+    weights = mode_weights(x, mix.means)
+    assert abs(weights[0] - 0.2) < 0.03 and abs(weights[1] - 0.8) < 0.03
+    assert_unit_modes(x, mix)
+    assert torch.equal(x, pf_ode(mix.score, x0, sigmas))  # deterministic given x
+    assert torch.equal(x0, mixture_start(mix, 200.0, 4000, seed=0))  # input kept
+
+
+def test_heun_lands_on_the_exact_variance_far_closer_than_euler():
+    # data N(0, v): the exact flow maps N(0, v + sigma_max^2) onto N(0, v + sigma_min^2) ... and then to N(0, v)
+    # by the final Tweedie step's exact linear map; the ODE solvers' error is all in the variance.
+    v, sigma_max = 0.25, 20.0
+    x0 = math.sqrt(v + sigma_max**2) * torch.randn(20_000, 2, generator=torch.Generator().manual_seed(0),
+                                                    dtype=torch.float64)
+    exact_ratio = math.sqrt(v / (v + sigma_max**2))  # the exact flow scales each sample by this factor
+    for n_heun, max_err, factor in ((20, 0.03, 2), (50, 0.005, 5)):  # 39 and 99 NFE
+        heun = pf_ode(gaussian_score(v), x0, karras(0.01, sigma_max, n_heun, dtype=torch.float64), solver="heun")
+        euler = pf_ode(gaussian_score(v), x0, karras(0.01, sigma_max, 2 * n_heun - 1, dtype=torch.float64),
+                       solver="euler")
+        heun_err = (heun / x0 / exact_ratio - 1).abs().max().item()
+        euler_err = (euler / x0 / exact_ratio - 1).abs().max().item()
+        assert heun_err < max_err
+        assert euler_err > factor * heun_err
+
+
+def test_pc_and_consistent_annealing_recover_the_paper_mixture_weights():
+    # Song & Ermon (2019), Section 3.2: 1/5 N((-5,-5), I) + 4/5 N((5,5), I), with the exact smoothed scores
+    mix = double(paper_mixture())
+    x0 = mixture_start(mix, 200.0, 4000, seed=1)
+    sigmas = geometric(200.0, 0.1, 300, dtype=torch.float64)
+    pc = predictor_corrector(mix.score, x0, sigmas, generator=torch.Generator().manual_seed(2))
+    cas = consistent_annealing(mix.score, x0, sigmas, generator=torch.Generator().manual_seed(3))
+    for x in (pc, cas):
+        weights = mode_weights(x, mix.means)
+        assert abs(weights[0] - 0.2) < 0.03, weights
+        assert_unit_modes(x, mix)
+    # a full Tweedie step per level (eta = 1) moves x to E[x0 | x], not x0: the heavier mode gains
+    biased = consistent_annealing(mix.score, x0, sigmas, eta=0.9, generator=torch.Generator().manual_seed(3))
+    assert mode_weights(biased, mix.means)[0] < 0.18
+
+
+def test_pc_on_a_gaussian_ends_with_the_data_variance_for_ve_and_vp():
+    # data N(0, v): every predictor (and the corrector) keeps the exact marginals up to discretisation error
+    v = 0.09
+    gen = torch.Generator().manual_seed(0)
+    sigmas = geometric(10.0, 0.01, 200, dtype=torch.float64)
+    x_ve = math.sqrt(v + 100.0) * torch.randn(20_000, 1, generator=gen, dtype=torch.float64)
+    for predictor in ("reverse_diffusion", "ancestral"):
+        out = predictor_corrector(gaussian_score(v), x_ve, sigmas, predictor=predictor, generator=gen)
+        assert abs(out.var().item() / v - 1) < 0.05, predictor
+    # VP kernels N(a x0, s^2): score of the marginal N(0, a^2 v + s^2)
+    process = vp_process(200, 1e-4, 0.1)
+    stds = process.stds.flip(0)
+    scales = process.scales.flip(0)
+
+    def vp_score(x, s):
+        a2 = 1 - s.reshape(-1, 1) ** 2
+        return -x / (a2 * v + s.reshape(-1, 1) ** 2)
+
+    x_vp = torch.randn(20_000, 1, generator=gen, dtype=torch.float64) * math.sqrt(
+        float(scales[0]) ** 2 * v + float(stds[0]) ** 2)
+    for predictor in ("reverse_diffusion", "ancestral"):
+        out = predictor_corrector(vp_score, x_vp, stds, scales=scales, predictor=predictor, generator=gen)
+        assert abs(out.var().item() / v - 1) < 0.05, predictor
+
+
+def test_a_vp_model_follows_the_ve_ode_through_ve_view():
+    # data N(0, v) in a VP process: x_t ~ N(0, abar v + 1 - abar); y = x / a ~ N(0, v + sigma~^2)
+    v = 0.16
+    process = vp_process(1000)
+
+    def vp_score(x, s):
+        a2 = 1 - s.reshape(-1, 1) ** 2
+        return -x / (a2 * v + s.reshape(-1, 1) ** 2)
+
+    y_score = ve_view(vp_score, process)
+    y = torch.tensor([[0.3], [-1.2]], dtype=torch.float64)
+    sigma = torch.tensor([0.5, 3.0], dtype=torch.float64)
+    torch.testing.assert_close(y_score(y, sigma), gaussian_score(v)(y, sigma))
+    hi, lo = float(process.noise_levels.max()), float(process.noise_levels.min())
+    x_T = torch.randn(20_000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y_T = x_T * math.sqrt(1 + hi**2)
+    out = pf_ode(y_score, y_T, karras(lo, hi, 60, dtype=torch.float64))
+    exact = math.sqrt(v / (v + hi**2))  # the exact flow scales every sample by this
+    assert (out / y_T / exact - 1).abs().max().item() < 0.01
+
+
+def test_consistent_annealing_keeps_each_level_on_schedule():
+    # data at a point (0): x = sigma_i z exactly after each step, for any eta in the consistent range
+    point = lambda x, sigma: -x / sigma.reshape(-1, 1) ** 2  # noqa: E731
+    sigmas = geometric(5.0, 0.05, 12, dtype=torch.float64)
+    low, high = consistent_eta_range(sigmas)
+    assert high == 1.0 and low == pytest.approx(1 - float(sigmas[1] / sigmas[0]))
+    x0 = 5.0 * torch.randn(50_000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    seen = []
+    for eta in (low, ancestral_eta(sigmas), 1.0):
+        consistent_annealing(point, x0, sigmas, eta=eta, denoise=False, generator=torch.Generator().manual_seed(1),
+                             callback=lambda i, step, x: seen.append((i, x.std().item())))
+        for i, std in seen:
+            assert std == pytest.approx(float(sigmas[i + 1]), rel=0.02)
+        seen.clear()
+    with pytest.raises(ValueError, match="eta must lie in"):
+        consistent_annealing(point, x0, sigmas, eta=0.1)
+
+
+def test_samplers_evaluate_only_the_given_levels():
+    # a model trained at fixed levels: pf_ode, PC and CAS never ask for other sigmas
+    sigmas = geometric(5.0, 0.01, 10)
+    asked = set()
+
+    def score(x, sigma):
+        asked.update(round(v, 6) for v in sigma.tolist())
+        return -x / sigma.reshape(-1, 1) ** 2
+
+    x0 = torch.randn(8, 2, generator=torch.Generator().manual_seed(0)) * 5
+    allowed = {round(v, 6) for v in sigmas.tolist()}
+    for run in (lambda: pf_ode(score, x0, sigmas), lambda: predictor_corrector(score, x0, sigmas),
+                lambda: consistent_annealing(score, x0, sigmas), lambda: annealed_langevin(score, x0, sigmas, 1e-3, 2)):
+        asked.clear()
+        run()
+        assert asked <= allowed and asked
+
+
+def test_sampler_arguments_are_checked():
+    score = gaussian_score(1.0)
+    x = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match="solver"):
+        pf_ode(score, x, [1.0, 0.5], solver="rk4")
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        pf_ode(score, x, [0.5, 1.0])
+    with pytest.raises(ValueError, match="predictor"):
+        predictor_corrector(score, x, [1.0, 0.5], predictor="euler_maruyama")
+    with pytest.raises(ValueError, match="scales"):
+        predictor_corrector(score, x, [1.0, 0.5], scales=[1.0])
