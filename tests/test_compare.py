@@ -49,6 +49,20 @@ def test_a_second_run_reuses_models_and_samples(ladder_dir, capsys):
     assert [r["metrics"] for r in after["rungs"]] == [r["metrics"] for r in before["rungs"]]
 
 
+def test_a_chosen_sampler_adds_a_rung_on_the_trained_models(ladder_dir, capsys):
+    stamps = {p: p.stat().st_mtime_ns for p in ladder_dir.glob("*/checkpoints/*.pt")}
+    assert main(["compare", "--preset", "quick", "--out", str(ladder_dir), "--device", "cpu", "--no-progress",
+                 "--set", "sampling.method=pf_ode", "--set", "sampling.sigmas=karras",
+                 "--set", "sampling.n_levels=5"]) == 0
+    capsys.readouterr()
+    assert {p: p.stat().st_mtime_ns for p in ladder_dir.glob("*/checkpoints/*.pt")} == stamps  # nothing retrained
+    rungs = json.loads((ladder_dir / "report.json").read_text())["rungs"]
+    assert [r["name"] for r in rungs] == ["ncsn", "unet", "vp", "ddpm", "sampler"]
+    fast = rungs[-1]
+    assert (fast["sampler"], fast["nfe"], fast["model_dir"]) == ("pf_ode", 9, "unet_vp")
+    assert "| 5. + pf ode (DDPM's model) | sampler |" in (ladder_dir / "report.md").read_text()
+
+
 def test_a_ladder_directory_with_other_settings_is_refused(ladder_dir, capsys):
     assert main(["compare", "--preset", "quick", "--out", str(ladder_dir), "--device", "cpu", "--no-progress",
                  "--set", "optim.lr=0.002"]) == 2

@@ -228,28 +228,35 @@ def test_ddpm_sampler_on_a_ve_model_is_a_one_line_error(tmp_path, capsys):
     assert "needs a model trained with model.process=vp" in capsys.readouterr().err
 
 
-def test_eval_reports_the_variational_bound_of_a_vp_model_with_its_protocol(tmp_path, capsys):
+def test_eval_reports_both_likelihoods_of_a_vp_model_labelled_with_their_protocols(tmp_path, capsys):
     sets = _sets(TINY_UNET + ["model.process=vp", "model.num_timesteps=10", "training.n_iters=2"])
     run = tmp_path / "vp"
     assert main(["train", "configs/digits.yaml", "--workdir", str(run), "--device", "cpu", "--no-progress", *sets]) == 0
     capsys.readouterr()
     out = tmp_path / "eval.json"
-    assert main(["eval", str(run), "--metrics", "bpd", "--real-n", "6", "--no-progress", "--out", str(out)]) == 0
+    assert main(["eval", str(run), "--metrics", "bpd", "--real-n", "6", "--no-progress", "--out", str(out),
+                 "--ode-tol", "1e-3"]) == 0
     import json
 
     row = json.loads(out.read_text())["results"][0]
-    protocol = row["protocol"]["bpd_protocol"]
-    assert protocol["split"] == "digits/test" and protocol["n"] == 6 and protocol["grey_levels"] == 17
-    assert protocol["nfe_per_image"] == 10
-    # a barely trained model on 17 grey levels: between 0 and a uniform guess's log2(17) = 4.09 bits plus slack
-    assert 0 < row["metrics"]["bpd"] < 12
-    assert "bits/dim" in capsys.readouterr().out
+    vlb_value, vlb = row["protocol"]["likelihood"]["bpd_vlb"]
+    assert vlb["split"] == "digits/test" and vlb["n"] == 6 and vlb["grey_levels"] == 17
+    assert vlb["nfe_per_image"] == 10 and "variational bound" in vlb["bound"]
+    ode_value, ode = row["protocol"]["likelihood"]["bpd"]
+    assert "probability-flow ODE" in ode["bound"] and ode["dequantisation"].startswith("uniform")
+    assert ode["nfe_per_image"] > 6 and "Hutchinson" in ode["trace"]
+    # a barely trained model on 17 grey levels: positive, and not absurdly far from log2(17) = 4.09 bits
+    for value in (vlb_value, ode_value):
+        assert 0 < value < 12
+    assert row["metrics"] == {"bpd": ode_value, "bpd_vlb": vlb_value}
+    printed = capsys.readouterr().out
+    assert "bpd = " in printed and "bpd_vlb = " in printed and "variational bound" in printed
 
 
-def test_bpd_needs_a_vp_model(tmp_path, capsys):
+def test_bpd_needs_a_continuous_network_or_a_vp_model(tmp_path, capsys):
     run = tmp_path / "ve"
     assert main(["train", "configs/digits.yaml", "--workdir", str(run), "--device", "cpu", "--no-progress",
-                 *_sets(TINY_UNET + ["training.n_iters=1"])]) == 0
+                 "--set", "model.ngf=4", "--set", "training.n_iters=1"]) == 0
     capsys.readouterr()
     assert main(["eval", str(run), "--metrics", "bpd", "--no-progress"]) == 2
-    assert "needs a VP model" in capsys.readouterr().err
+    assert "continuous noise level" in capsys.readouterr().err

@@ -5,17 +5,14 @@ import math
 import pytest
 import torch
 
+from _gaussians import ve_gaussian_score as gaussian_score
+from _gaussians import vp_gaussian_score
 from ncsn.data.toy import GaussianMixture, paper_mixture
 from ncsn.metrics.toy import mode_weights
 from ncsn.processes import ve_view, vp_process
 from ncsn.sampling import (ancestral_eta, annealed_langevin, consistent_annealing, consistent_eta_range, pf_ode,
                            predictor_corrector)
 from ncsn.sigmas import geometric, karras
-
-
-def gaussian_score(var0: float):
-    """Data N(0, var0 I) perturbed by N(0, sigma^2 I): score -x / (var0 + sigma^2)."""
-    return lambda x, sigma: -x / (var0 + sigma.reshape(-1, *[1] * (x.ndim - 1)) ** 2)
 
 
 def mixture_start(mix, sigma_max: float, n: int, seed: int) -> torch.Tensor:
@@ -105,10 +102,7 @@ def test_pc_on_a_gaussian_ends_with_the_data_variance_for_ve_and_vp():
     process = vp_process(200, 1e-4, 0.1)
     stds = process.stds.flip(0)
     scales = process.scales.flip(0)
-
-    def vp_score(x, s):
-        a2 = 1 - s.reshape(-1, 1) ** 2
-        return -x / (a2 * v + s.reshape(-1, 1) ** 2)
+    vp_score = vp_gaussian_score(v)
 
     x_vp = torch.randn(20_000, 1, generator=gen, dtype=torch.float64) * math.sqrt(
         float(scales[0]) ** 2 * v + float(stds[0]) ** 2)
@@ -121,12 +115,7 @@ def test_a_vp_model_follows_the_ve_ode_through_ve_view():
     # data N(0, v) in a VP process: x_t ~ N(0, abar v + 1 - abar); y = x / a ~ N(0, v + sigma~^2)
     v = 0.16
     process = vp_process(1000)
-
-    def vp_score(x, s):
-        a2 = 1 - s.reshape(-1, 1) ** 2
-        return -x / (a2 * v + s.reshape(-1, 1) ** 2)
-
-    y_score = ve_view(vp_score, process)
+    y_score = ve_view(vp_gaussian_score(v), process)
     y = torch.tensor([[0.3], [-1.2]], dtype=torch.float64)
     sigma = torch.tensor([0.5, 3.0], dtype=torch.float64)
     torch.testing.assert_close(y_score(y, sigma), gaussian_score(v)(y, sigma))
@@ -185,3 +174,102 @@ def test_sampler_arguments_are_checked():
         predictor_corrector(score, x, [1.0, 0.5], predictor="euler_maruyama")
     with pytest.raises(ValueError, match="scales"):
         predictor_corrector(score, x, [1.0, 0.5], scales=[1.0])
+
+
+# --- the samplers behind `ncsn sample / eval / inpaint` -------------------------------------------
+
+TINY_UNET = ["training.batch_size=8", "training.n_iters=2", "training.snapshot_freq=2", "model.arch=unet",
+             "model.ngf=8", "model.ch_mult=[1,2]", "model.attn_resolutions=[]", "sampling.batch_size=16"]
+
+METHODS = {
+    "annealed_langevin": ["sampling.n_steps_each=2"],
+    "consistent_annealing": ["sampling.sigmas=geometric", "sampling.n_levels=12"],
+    "predictor_corrector": ["sampling.n_corrector=2"],
+    "pf_ode": ["sampling.sigmas=karras", "sampling.n_levels=6"],
+    "ddpm": [],
+}
+
+
+def _sets(items):
+    return [a for s in items for a in ("--set", s)]
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    from ncsn.cli import main
+
+    runs = {}
+    for process in ("ve", "vp"):
+        run = tmp_path_factory.mktemp(process)
+        extra = ["model.process=vp", "model.num_timesteps=20"] if process == "vp" else []
+        assert main(["train", "configs/digits.yaml", "--workdir", str(run), "--device", "cpu", "--no-progress",
+                     *_sets(TINY_UNET + extra)]) == 0
+        runs[process] = run
+    return runs
+
+
+@pytest.mark.parametrize("process", ["ve", "vp"])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_sampler_runs_a_model_and_spends_the_nfe_it_records(tiny_runs, process, method):
+    from ncsn.build import load_score_model
+    from ncsn.commands.sample import apply_sampling_overrides
+    from ncsn.errors import UserError
+    from ncsn.generate import generate, sampler_settings
+
+    model, config, _ = load_score_model(tiny_runs[process])
+    sets = [f"sampling.method={method}", *METHODS[method]]
+    if method == "ddpm" and process == "ve":
+        with pytest.raises(UserError, match="model.process=vp"):
+            sampler_settings(apply_sampling_overrides(config, sets))
+        return
+    config = apply_sampling_overrides(config, sets)
+    calls = []
+    original = model.forward
+
+    def counting(x, sigma, **kwargs):
+        calls.append(x.shape[0])
+        return original(x, sigma, **kwargs)
+
+    model.forward = counting
+    samples = generate(model, config, 5, seed=0, progress=False)
+    settings = sampler_settings(config)
+    assert samples.shape == (5, 1, 8, 8) and bool(torch.isfinite(samples).all())
+    assert 0 <= samples.min() and samples.max() <= 1
+    assert settings["sampler"] == method and len(calls) == settings["nfe"]  # the NFE recorded is the NFE spent
+    again = generate(model, config, 5, seed=0, progress=False)
+    assert torch.equal(samples, again)  # seeded
+
+
+def test_a_fixed_level_network_refuses_levels_it_was_not_trained_at(tmp_path, capsys):
+    from ncsn.cli import main
+
+    run = tmp_path / "refinenet"
+    assert main(["train", "configs/digits.yaml", "--workdir", str(run), "--device", "cpu", "--no-progress",
+                 *_sets(["model.ngf=4", "training.n_iters=1", "training.batch_size=8"])]) == 0
+    capsys.readouterr()
+    out = str(tmp_path / "x.png")
+    assert main(["sample", str(run), "--n", "2", "--out", out, "--no-progress", "--set", "sampling.method=pf_ode",
+                 "--set", "sampling.sigmas=karras", "--set", "sampling.n_levels=5"]) == 2
+    err = capsys.readouterr().err
+    assert "was not trained at" in err and len(err.strip().splitlines()) == 1
+    # at its own levels (all of them, or a subset) every sampler works
+    for method in ("pf_ode", "predictor_corrector", "consistent_annealing"):
+        assert main(["sample", str(run), "--n", "2", "--out", out, "--no-progress", "--set",
+                     f"sampling.method={method}", "--set", "sampling.n_levels=5"]) == 0
+    # inpainting has only annealed Langevin's conditional form
+    assert main(["inpaint", str(run), "--n-images", "1", "--completions", "1", "--out", out, "--no-progress",
+                 "--set", "sampling.method=pf_ode"]) == 2
+    assert "no conditional form" in capsys.readouterr().err
+
+
+def test_sampler_settings_are_checked_in_the_config():
+    from ncsn.config import load_config
+    from ncsn.errors import UserError
+
+    for bad, message in ((["sampling.sigmas=cosine"], "sampling.sigmas"),
+                         (["sampling.sigmas=karras"], "n_levels >= 2"),
+                         (["sampling.solver=rk4"], "sampling.solver"),
+                         (["sampling.predictor=none", "sampling.corrector=none"], "needs a corrector"),
+                         (["sampling.eta=1.5"], "sampling.eta")):
+        with pytest.raises(UserError, match=message):
+            load_config("configs/digits.yaml", bad)

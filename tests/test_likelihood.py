@@ -264,3 +264,82 @@ def test_vlb_rejects_bad_input(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         ddpm_vlb(**args)
+
+
+# --- the probability-flow likelihood -------------------------------------------------------------
+
+
+def test_dormand_prince_meets_its_tolerance_on_known_solutions():
+    from ncsn.solvers import dormand_prince
+
+    # dy/dt = -2 t y: y = y0 exp(-t^2); and a rotation dy/dt = (y2, -y1)
+    y0 = (torch.tensor([1.0, 3.0], dtype=torch.float64),)
+    (y1,), nfe = dormand_prince(lambda t, y: (-2 * t * y[0],), 0.0, 2.0, y0, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(y1, y0[0] * math.exp(-4.0), rtol=1e-6, atol=0)
+    (loose,), nfe_loose = dormand_prince(lambda t, y: (-2 * t * y[0],), 0.0, 2.0, y0, rtol=1e-3, atol=1e-3)
+    assert nfe_loose < nfe  # looser tolerance, fewer evaluations
+    rot = (torch.tensor([1.0, 0.0], dtype=torch.float64),)
+    (end,), _ = dormand_prince(lambda t, y: (torch.stack([y[0][1], -y[0][0]]),), 0.0, math.pi, rot, rtol=1e-9,
+                               atol=1e-9)
+    torch.testing.assert_close(end, torch.tensor([-1.0, 0.0], dtype=torch.float64), atol=1e-6, rtol=0)
+    with pytest.raises(RuntimeError, match="not finite|step size vanished"):
+        dormand_prince(lambda t, y: (y[0] / (1.0 - t),), 0.0, 2.0, y0)
+
+
+def test_ode_log_likelihood_of_the_mixture_matches_its_closed_form():
+    from ncsn.data.toy import GaussianMixture, paper_mixture
+    from ncsn.likelihood import log_likelihood
+
+    mix = paper_mixture()
+    mix = GaussianMixture(mix.means.double(), mix.stds.double(), mix.weights.double())
+    x = mix.sample(500, generator=torch.Generator().manual_seed(0))
+    logp, nfe = log_likelihood(mix.score, x, 0.01, 500.0)  # D = 2: the exact trace
+    exact = mix.log_prob(x, 0.01)  # the mixture smoothed at sigma_min
+    assert (logp - exact).abs().mean().item() < 0.02
+    assert 20 < nfe < 1000
+    # the prior's mismatch shrinks as sigma_max grows: with sigma_max = 20 the error is visible
+    coarse, _ = log_likelihood(mix.score, x, 0.01, 20.0)
+    assert (coarse - exact).abs().mean().item() > 0.05
+
+
+def correlated_gaussian(dim: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(dim, dim, generator=gen, dtype=torch.float64) * 0.15
+    cov = a @ a.T + 0.2 * torch.eye(dim, dtype=torch.float64)
+
+    def score(x, sigma):
+        return -torch.linalg.solve(cov + sigma[0] ** 2 * torch.eye(dim, dtype=x.dtype), x.T).T
+
+    return cov, score, gen
+
+
+def test_ode_log_likelihood_with_hutchinson_probes_matches_a_16d_gaussian():
+    from ncsn.likelihood import log_likelihood
+
+    dim = 16
+    cov, score, gen = correlated_gaussian(dim, seed=1)
+    x = (torch.linalg.cholesky(cov) @ torch.randn(dim, 2000, generator=gen, dtype=torch.float64)).T
+    smoothed = torch.distributions.MultivariateNormal(torch.zeros(dim, dtype=torch.float64),
+                                                      cov + 1e-4 * torch.eye(dim, dtype=torch.float64))
+    exact = smoothed.log_prob(x)
+    estimate, _ = log_likelihood(score, x, 0.01, 100.0, n_probes=4, generator=torch.Generator().manual_seed(2))
+    assert abs((estimate - exact).mean().item()) < 0.02  # unbiased: right on average
+    assert (estimate - exact).abs().mean().item() > 0.1  # ... though each sample's estimate is noisy
+    exact_trace, _ = log_likelihood(score, x[:200], 0.01, 100.0, trace="exact")
+    assert (exact_trace - exact[:200]).abs().mean().item() < 0.02
+
+
+def test_ode_log_likelihood_of_a_vp_model_through_its_ve_form():
+    from _gaussians import vp_gaussian_score
+    from ncsn.likelihood import log_likelihood
+    from ncsn.processes import ve_view, vp_process
+
+    v = 0.16
+    process = vp_process(1000)
+    vp_score = vp_gaussian_score(v)
+
+    hi, lo = float(process.noise_levels.max()), float(process.noise_levels.min())
+    x = math.sqrt(v) * torch.randn(300, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    logp, _ = log_likelihood(ve_view(vp_score, process), x, lo, hi, prior_std=math.sqrt(1 + hi**2))
+    exact = torch.distributions.Normal(0.0, math.sqrt(v + lo**2)).log_prob(x).sum(1)
+    assert (logp - exact).abs().mean().item() < 0.02

@@ -60,7 +60,7 @@ def dormand_prince(f: Callable[[float, State], State], t0: float, t1: float, y0:
     ``y`` is a tuple of tensors (each component keeps its dtype and device). A step of size h is
     accepted when the RMS of the error estimate, scaled by atol + rtol |y|, is at most 1; the
     next size is h min(10, max(0.2, 0.9 err^(-1/5))). Raises ``RuntimeError`` when the error is
-    not finite or ``max_steps`` steps do not reach ``t1``.
+    not finite, the step size vanishes, or ``max_steps`` steps do not reach ``t1``.
     """
     if not (t1 > t0):
         raise ValueError(f"need t1 > t0, got {t0} and {t1}")
@@ -93,4 +93,7 @@ def dormand_prince(f: Callable[[float, State], State], t0: float, t1: float, y0:
             h *= min(10.0, 0.9 * norm ** -0.2) if norm > 0 else 10.0
         else:
             h *= max(0.2, 0.9 * norm ** -0.2)
+            if h <= 1e-14 * max(1.0, abs(t)):
+                raise RuntimeError(f"the ODE solver's step size vanished at t = {t:.6g} (a singularity or a "
+                                   f"diverging right-hand side)")
     raise RuntimeError(f"the ODE solver did not reach t = {t1:.4g} within {max_steps} steps (at t = {t:.4g})")

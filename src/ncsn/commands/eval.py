@@ -28,8 +28,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=1000,
                    help="samples to generate (default 1000; under torchrun spell it --num-samples)")
     p.add_argument("--metrics", default="fid,is,kid,pr",
-                   help="comma list of fid, is, kid, pr, dc, bpd (bpd: DDPM's variational bound in bits/dim on the "
-                        "held-out split, for VP models)")
+                   help="comma list of fid, is, kid, pr, dc, bpd (bpd: bits/dim on the held-out split, the exact "
+                        "likelihood through the probability-flow ODE, and for VP models also DDPM's variational "
+                        "bound, bpd_vlb)")
+    p.add_argument("--ode-tol", type=float, default=1e-5, help="bpd: the ODE solver's rtol = atol (default 1e-5)")
+    p.add_argument("--probes", type=int, default=1, help="bpd: Hutchinson probes per image (default 1)")
     p.add_argument("--every-checkpoint", action="store_true",
                    help="evaluate each saved checkpoint of the run; writes a metric-vs-step table and plot")
     p.add_argument("--baselines", action="store_true",
@@ -103,11 +106,12 @@ def run(args) -> int:
                 config = apply_sampling_overrides(config, args.overrides)
                 meta = {"checkpoint": info["checkpoint"], "step": info["step"], "ema": info["ema"],
                         "seed": args.seed, **sampler_settings(config)}
-                if "bpd" in names and ctx.is_main:
+                if "bpd" in names:
                     held_out = "test" if args.split == "train" else "train"
-                    meta["bpd"], meta["bpd_protocol"] = ev.ddpm_bits_per_dim(
+                    meta["likelihood"] = ev.bits_per_dim(
                         model, config, held_out, args.real_n, args.batch_size or config["sampling"]["batch_size"],
-                        args.seed, progress, args.download)
+                        args.seed, progress, args.download, ctx=ctx, rtol=args.ode_tol, atol=args.ode_tol,
+                        n_probes=args.probes)
                 images = (generate(model, config, args.n, seed=args.seed, progress=progress,
                                    batch_size=args.batch_size, ctx=ctx) if sample_names else None)
                 sources.append((meta, images, f"step {info['step']}{' (EMA)' if info['ema'] else ''}"))
@@ -122,12 +126,9 @@ def run(args) -> int:
     out = Path(args.out) if args.out else (Path(args.target) / "eval.json" if args.target and Path(args.target).is_dir()
                                           else Path("eval.json"))
     if not sample_names:  # bpd alone: no samples, no features
-        rows = [{"label": label, "metrics": {"bpd": meta["bpd"]}, "protocol": meta} for meta, _, label in sources]
+        rows = [{"label": label, "metrics": likelihood_values(meta), "protocol": meta} for meta, _, label in sources]
         for row in rows:
-            bp = row["protocol"]["bpd_protocol"]
-            print(f"{row['label']}: {row['metrics']['bpd']:.4f} bits/dim ({bp['bound']}; {bp['n']} images of "
-                  f"{bp['split']}, {bp['grey_levels']} grey levels, no dequantisation, {bp['nfe_per_image']} "
-                  f"network evaluations each)")
+            print_likelihood(row["label"], row["protocol"]["likelihood"])
         ev.write_json(out, {"metrics": names, "results": rows})
         print(f"wrote {out}")
         return 0
@@ -148,8 +149,7 @@ def run(args) -> int:
     for meta, images, label in sources:
         fake = extractor.extract(images, progress=progress)
         values = ev.compute_metrics(sample_names, fake, real, seed=args.seed)
-        if "bpd" in meta:
-            values["bpd"] = meta["bpd"]
+        values.update(likelihood_values(meta))
         rows.append({"label": label, "metrics": values,
                      "protocol": ev.protocol(extractor, dataset, args.split, real["n"], len(images), meta)})
     first = rows[0]["protocol"]
@@ -160,9 +160,7 @@ def run(args) -> int:
                                       if k in sources[0][0]))
     print(ev.format_table(rows, names))
     if "bpd" in names:
-        bp = sources[0][0]["bpd_protocol"]
-        print(f"bpd: {bp['bound']}; {bp['n']} images of {bp['split']} on their {bp['grey_levels']}-level grid "
-              f"(no dequantisation), {bp['nfe_per_image']} network evaluations per image")
+        print_likelihood("protocol", sources[0][0]["likelihood"], values=False)
 
     ev.write_json(out, {"metrics": names, "results": rows})
     written = [str(out)]
@@ -170,6 +168,20 @@ def run(args) -> int:
         written += write_metric_vs_step(rows, names, out.with_name("eval_vs_step"))
     print("wrote " + ", ".join(written))
     return 0
+
+
+def likelihood_values(meta: dict) -> dict:
+    return {name: value for name, (value, _) in meta.get("likelihood", {}).items()}
+
+
+def print_likelihood(label: str, likelihood: dict, values: bool = True) -> None:
+    """One line per likelihood number, saying which it is and how it was measured."""
+    for name, (value, p) in likelihood.items():
+        how = f"{p['n']} images of {p['split']} on {p['grey_levels']} grey levels, {p['nfe_per_image']:.0f} NFE each"
+        if name == "bpd":
+            how += f"; {p['dequantisation']}; {p['ode']}; trace {p['trace']}; prior {p['prior']}"
+        head = f"{label}: {name} = {value:.4f} bits/dim, " if values else f"{name}: "
+        print(f"{head}{p['bound']} ({how})")
 
 
 def sampler_settings_keys() -> list[str]:

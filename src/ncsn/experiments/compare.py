@@ -87,16 +87,23 @@ def ladder(base: dict, preset: Preset) -> list[tuple[Rung, dict]]:
     per_level = max(1, preset.nfe // n_levels)
     vp = {"process": "vp", "num_timesteps": preset.nfe}
     vp_levels = min(100, preset.nfe)
+    trained = {"sigmas": "trained", "n_levels": 0}
     rungs = [
         Rung("ncsn", "NCSN: RefineNet, VE, annealed Langevin", "-", "refinenet_ve",
              {"arch": "refinenet", "process": "ve"},
-             {"method": "annealed_langevin", "n_steps_each": per_level}),
+             {**trained, "method": "annealed_langevin", "n_steps_each": per_level}),
         Rung("unet", "+ U-Net", "1", "unet_ve", {**unet, "process": "ve"},
-             {"method": "annealed_langevin", "n_steps_each": per_level}),
+             {**trained, "method": "annealed_langevin", "n_steps_each": per_level}),
         Rung("vp", "+ VP forward process (annealed Langevin on its scores)", "2, 3", "unet_vp", {**unet, **vp},
-             {"method": "annealed_langevin", "n_levels": vp_levels, "n_steps_each": max(1, preset.nfe // vp_levels)}),
-        Rung("ddpm", "+ ancestral sampler: DDPM", "4", "unet_vp", {**unet, **vp}, {"method": "ddpm"}),
+             {**trained, "method": "annealed_langevin", "n_levels": vp_levels,
+              "n_steps_each": max(1, preset.nfe // vp_levels)}),
+        Rung("ddpm", "+ ancestral sampler: DDPM", "4", "unet_vp", {**unet, **vp}, {**trained, "method": "ddpm"}),
     ]
+    method = base["sampling"]["method"]
+    if method not in ("auto", "annealed_langevin", "ddpm"):
+        # --set sampling.method=...: one more rung, the DDPM model under that sampler with the given settings
+        rungs.append(Rung("sampler", f"+ {method.replace('_', ' ')} (DDPM's model)", "sampler", "unet_vp",
+                          {**unet, **vp}, {}))
     out = []
     for rung in rungs:
         config = copy.deepcopy(base)
@@ -252,9 +259,11 @@ def estimate_seconds(models: dict[str, dict], done: dict[str, int], rungs: list[
             began = time.perf_counter()
             model(xs, std)
             per_eval[name] = (time.perf_counter() - began) * math.ceil(preset.n_samples / xs.shape[0])
-    for rung, _ in rungs:
+    from ncsn.generate import nfe_of
+
+    for rung, config in rungs:
         if rung.name not in sampled:
-            total += per_eval[rung.model_dir] * preset.nfe
+            total += per_eval[rung.model_dir] * nfe_of(config)
     return total
 
 
