@@ -10,7 +10,7 @@ from _gaussians import vp_gaussian_score
 from ncsn.data.toy import GaussianMixture, paper_mixture
 from ncsn.metrics.toy import mode_weights
 from ncsn.processes import ve_view, vp_process
-from ncsn.sampling import (ancestral_eta, annealed_langevin, consistent_annealing, consistent_eta_range, pf_ode,
+from ncsn.sampling import (ancestral_etas, annealed_langevin, consistent_annealing, consistent_eta_range, pf_ode,
                            predictor_corrector)
 from ncsn.sigmas import geometric, karras
 
@@ -127,6 +127,28 @@ def test_a_vp_model_follows_the_ve_ode_through_ve_view():
     assert (out / y_T / exact - 1).abs().max().item() < 0.01
 
 
+def test_consistent_annealing_with_the_ancestral_etas_is_the_ancestral_predictor():
+    # eta = 1 - r^2 on geometric levels: eta sigma_i^2 = sigma_i^2 - sigma_{i+1}^2 and
+    # beta sigma_{i+1} = sigma_{i+1} sqrt(1 - r^2), the ancestral step's mean and noise
+    mix = double(paper_mixture())
+    sigmas = geometric(50.0, 0.01, 30, dtype=torch.float64)
+    x0 = mixture_start(mix, 50.0, 500, seed=0)
+    cas = consistent_annealing(mix.score, x0, sigmas, generator=torch.Generator().manual_seed(1))
+    anc = predictor_corrector(mix.score, x0, sigmas, corrector="none", predictor="ancestral",
+                              generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(cas, anc, rtol=1e-9, atol=1e-9)
+    # on any levels, with each level's own eta
+    uneven = karras(0.01, 50.0, 30, dtype=torch.float64)
+    torch.testing.assert_close(
+        consistent_annealing(mix.score, x0, uneven, generator=torch.Generator().manual_seed(1)),
+        predictor_corrector(mix.score, x0, uneven, corrector="none", predictor="ancestral",
+                            generator=torch.Generator().manual_seed(1)), rtol=1e-9, atol=1e-9)
+    # and with the smallest eta it is deterministic: DDIM's step, which in the VE form is Euler's
+    low, _ = consistent_eta_range(sigmas)
+    ddim = consistent_annealing(mix.score, x0, sigmas, eta=low, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(ddim, pf_ode(mix.score, x0, sigmas, solver="euler"), rtol=1e-9, atol=1e-9)
+
+
 def test_consistent_annealing_keeps_each_level_on_schedule():
     # data at a point (0): x = sigma_i z exactly after each step, for any eta in the consistent range
     point = lambda x, sigma: -x / sigma.reshape(-1, 1) ** 2  # noqa: E731
@@ -135,7 +157,7 @@ def test_consistent_annealing_keeps_each_level_on_schedule():
     assert high == 1.0 and low == pytest.approx(1 - float(sigmas[1] / sigmas[0]))
     x0 = 5.0 * torch.randn(50_000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     seen = []
-    for eta in (low, ancestral_eta(sigmas), 1.0):
+    for eta in (low, ancestral_etas(sigmas)[0], 1.0):
         consistent_annealing(point, x0, sigmas, eta=eta, denoise=False, generator=torch.Generator().manual_seed(1),
                              callback=lambda i, step, x: seen.append((i, x.std().item())))
         for i, std in seen:

@@ -84,8 +84,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "n_corrector": 1,         # predictor_corrector: corrector steps per level
         "predictor": "reverse_diffusion",  # predictor_corrector: reverse_diffusion | ancestral | none
         "corrector": "langevin",  # predictor_corrector: langevin | none
-        "eta": 0.0,               # consistent_annealing: fraction of the noise each step removes (0: as much fresh
-                                  # noise as DDPM's ancestral step)
+        "eta": 0.0,               # consistent_annealing: fraction of the noise each step removes (0: at each level as
+                                  # much fresh noise as DDPM's ancestral step)
         "variance": "beta",       # ddpm: reverse variance beta_t | posterior (beta~_t)
         "clip_x0": 0.0,           # ddpm: clip the predicted x0 to [-c, c] (0: off)
         "step_lr": 2e-5,          # Algorithm 1's epsilon: alpha_i = step_lr * sigma_i^2 / sigma_L^2

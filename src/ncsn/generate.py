@@ -160,19 +160,13 @@ def sampler_settings(config: dict) -> dict:
     if plan.method == "annealed_langevin":
         out.update(step_lr=s["step_lr"], n_steps_each=s["n_steps_each"], denoise=s["denoise"])
     elif plan.method == "consistent_annealing":
-        out.update(eta=_cas_eta(s, plan), denoise=s["denoise"])
+        out.update(eta=s["eta"] or "ancestral", denoise=s["denoise"])
     elif plan.method == "predictor_corrector":
         out.update(predictor=s["predictor"], corrector=s["corrector"], snr=s["snr"], n_corrector=s["n_corrector"],
                    denoise=s["denoise"])
     else:
         out.update(solver=s["solver"])
     return out
-
-
-def _cas_eta(s: dict, plan: SamplerPlan) -> float:
-    from ncsn.sampling import ancestral_eta
-
-    return s["eta"] or ancestral_eta(plan.noise_levels)
 
 
 def batch_generator(seed: int, batch: int, device: torch.device) -> torch.Generator:
@@ -280,7 +274,7 @@ def run_sampler(model: nn.Module, config: dict, x: torch.Tensor, generator: torc
     y = x / float(plan.scales[0])
     score = ve_view(model, process)
     if plan.method == "consistent_annealing":
-        return consistent_annealing(score, y, levels, eta=_cas_eta(s, plan), denoise=s["denoise"],
+        return consistent_annealing(score, y, levels, eta=s["eta"] or None, denoise=s["denoise"],
                                     callback=callback, generator=generator)
     return pf_ode(score, y, levels, solver=s["solver"], callback=callback)
 

@@ -33,10 +33,10 @@ switches them on for its own derivative). The input ``x`` is never modified.
 
 from ncsn.sampling._common import Callback, tweedie_denoise
 from ncsn.sampling.diffusion import CORRECTORS, PREDICTORS, VARIANCES, ddpm_ancestral, predictor_corrector
-from ncsn.sampling.langevin import (ancestral_eta, annealed_langevin, annealed_langevin_inpaint,
+from ncsn.sampling.langevin import (ancestral_etas, annealed_langevin, annealed_langevin_inpaint,
                                     consistent_annealing, consistent_eta_range, langevin)
 from ncsn.sampling.ode import SOLVERS, pf_ode
 
-__all__ = ["CORRECTORS", "Callback", "PREDICTORS", "SOLVERS", "VARIANCES", "ancestral_eta", "annealed_langevin",
+__all__ = ["CORRECTORS", "Callback", "PREDICTORS", "SOLVERS", "VARIANCES", "ancestral_etas", "annealed_langevin",
            "annealed_langevin_inpaint", "consistent_annealing", "consistent_eta_range", "ddpm_ancestral", "langevin",
            "pf_ode", "predictor_corrector", "tweedie_denoise"]

@@ -148,11 +148,10 @@ def _eta_range(levels: list[float]) -> tuple[float, float]:
     return 1.0 - min(ratios), 1.0
 
 
-def ancestral_eta(sigmas) -> float:
-    """1 - r^2 with r = max sigma_{i+1} / sigma_i: the ``eta`` whose fresh noise matches DDPM's ancestral step."""
+def ancestral_etas(sigmas) -> list[float]:
+    """eta_i = 1 - (sigma_{i+1} / sigma_i)^2: per level, the ``eta`` whose fresh noise matches DDPM's ancestral step."""
     levels = decreasing_levels(sigmas)
-    ratios = [b / a for a, b in zip(levels, levels[1:])] or [0.0]
-    return 1.0 - max(ratios) ** 2
+    return [1.0 - (b / a) ** 2 for a, b in zip(levels, levels[1:])]
 
 
 def consistent_annealing(score_fn: ScoreFn, x: torch.Tensor, sigmas, eta: float | None = None, denoise: bool = True,
@@ -167,26 +166,32 @@ def consistent_annealing(score_fn: ScoreFn, x: torch.Tensor, sigmas, eta: float 
     eta sigma_i^2 s(x, sigma_i) ~ -eta sigma_i z removes a fraction eta of the noise, and fresh noise
     of the size that brings it back to sigma_{i+1} is added:
 
-        x <- x + eta sigma_i^2 s(x, sigma_i) + beta_i sigma_{i+1} z,   beta_i = sqrt(1 - (1 - eta)^2 sigma_i^2 / sigma_{i+1}^2)
+        x <- x + eta_i sigma_i^2 s(x, sigma_i) + beta_i sigma_{i+1} z,   beta_i = sqrt(1 - (1 - eta_i)^2 sigma_i^2 / sigma_{i+1}^2)
 
     for i = 1..L-1 (the paper's eta is epsilon / sigma_L^2 with a constant ratio sigma_i / sigma_{i+1}).
-    ``eta`` must lie in :func:`consistent_eta_range`: its lower end adds no noise (then CAS is DDIM's
-    deterministic step in VE form), 1 is a full Tweedie step followed by fresh noise. The step
-    moves x towards E[x0 | x], not to x0, so the noise is only on schedule on average and large
-    ``eta`` biases the result (on the paper's 1/5 : 4/5 mixture towards the heavier mode); the
-    default (``None``) is :func:`ancestral_eta`, the noise of DDPM's ancestral step, which converges
-    as the levels get denser. ``denoise=True`` ends with Tweedie's step at sigma_L. Network
+    ``eta`` must lie in :func:`consistent_eta_range`. Its lower end adds no noise: CAS is then DDIM's
+    deterministic step, which in the VE form is Euler's step of the probability-flow ODE. 1 is a
+    full Tweedie step followed by fresh noise. The step moves x towards E[x0 | x], not to x0, so
+    the noise is only on schedule on average and large ``eta`` biases the result (on the paper's
+    1/5 : 4/5 mixture, towards the heavier mode). A float ``eta`` is used at every level (the paper's
+    constant). The default (``None``) takes each level's :func:`ancestral_etas`, with which CAS is
+    exactly the ancestral step (DDPM's, in VE form; :func:`ncsn.sampling.predictor_corrector` with
+    ``predictor="ancestral"``) on any levels, and converges as they get denser. ``denoise=True`` ends with Tweedie's step at sigma_L. Network
     evaluations: L - 1 (+1 with ``denoise``); use many levels (:func:`ncsn.sigmas.geometric`) with a
     network conditioned on a continuous level. ``callback(i, 0, x)`` runs after step i. No host
     synchronisation per step.
     """
     levels = decreasing_levels(sigmas)
-    low, high = _eta_range(levels)
-    eta = ancestral_eta(levels) if eta is None else float(eta)
-    if not (low - 1e-12 <= eta <= high):
-        raise ValueError(f"eta must lie in [{low:.4g}, 1] for these sigmas (so each level ends at the next sigma), "
-                         f"got {eta}")
-    noise_scales = [math.sqrt(max(0.0, 1.0 - ((1.0 - eta) * a / b) ** 2)) * b for a, b in zip(levels, levels[1:])]
+    if eta is None:
+        etas = ancestral_etas(levels)
+    else:
+        low, high = _eta_range(levels)
+        if not (low - 1e-12 <= float(eta) <= high):
+            raise ValueError(f"eta must lie in [{low:.4g}, 1] for these sigmas (so each level ends at the next "
+                             f"sigma), got {eta}")
+        etas = [float(eta)] * (len(levels) - 1)
+    beta_sq = [1.0 - ((1.0 - e) * a / b) ** 2 for e, a, b in zip(etas, levels, levels[1:])]
+    noise_scales = [math.sqrt(v) * b if v > 1e-12 else 0.0 for v, b in zip(beta_sq, levels[1:])]
     score = bound_score(score_fn)
     with torch.no_grad():
         x = x.detach().clone()
@@ -194,7 +199,7 @@ def consistent_annealing(score_fn: ScoreFn, x: torch.Tensor, sigmas, eta: float 
         vecs = level_vectors(levels, x)
         with ProgressBar(len(levels), "consistent annealing", progress) as bar:
             for i, noise_scale in enumerate(noise_scales):
-                x.add_(score(x, vecs[i]), alpha=eta * levels[i] ** 2)
+                x.add_(score(x, vecs[i]), alpha=etas[i] * levels[i] ** 2)
                 if noise_scale > 0:
                     x.add_(z.normal_(generator=generator), alpha=noise_scale)
                 if callback is not None:
