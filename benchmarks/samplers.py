@@ -38,10 +38,11 @@ def digits_variants(nfe: int, continuous: bool, levels: int) -> dict[str, list[s
             "ODE Euler": ["method=pf_ode", "sigmas=karras", f"n_levels={nfe}", "solver=euler"],
             "ODE Heun": ["method=pf_ode", "sigmas=karras", f"n_levels={(nfe + 1) // 2}", "solver=heun"],
         }
-    # only the trained levels: more evaluations go into corrector steps
-    per_level = max(1, nfe // levels - 1)
-    out = {"predictor-corrector": ["method=predictor_corrector", f"n_corrector={per_level}"]}
-    if nfe <= 2 * levels:
+    # only the trained levels: a bigger budget goes into corrector steps; the ODE and CAS have one cost each
+    per_level = nfe // levels - 1
+    out = {"predictor-corrector": ["method=predictor_corrector", f"n_corrector={per_level}"] if per_level >= 1
+           else ["method=predictor_corrector", "corrector=none"]}
+    if levels <= nfe < 2 * levels:
         out["ODE Heun"] = ["method=pf_ode", "solver=heun"]
         out["consistent annealing"] = ["method=consistent_annealing"]
     return out
@@ -60,7 +61,9 @@ def run_digits(args, device) -> dict:
     real = ev.real_features(extractor, "digits", None, "train", 8, 1, progress=False)
     held_out = ev.load_real_images("digits", None, "test", 8, 1)
     floor = ev.compute_metrics(["fid", "pr"], extractor.extract(held_out, progress=False), real)
-    levels = 10 if continuous else model.process.num_levels
+    vp = model.process.name == "vp"
+    # annealed Langevin's levels: NCSN's 10 (or the trained ones); on VP, 100 timesteps as in `ncsn compare`
+    levels = 100 if vp else (10 if continuous else model.process.num_levels)
     rows = []
 
     def measure(label: str, overrides: list[str]) -> None:
@@ -77,14 +80,14 @@ def run_digits(args, device) -> dict:
 
     print(f"digits: {info['checkpoint']} (step {info['step']}), {args.n} samples per row, "
           f"{'continuous' if continuous else 'trained-levels-only'} network")
-    vp = model.process.name == "vp"
     reference = ["method=annealed_langevin", f"n_levels={levels}", "step_lr=2e-5"]
     for nfe in args.langevin_budgets:
-        measure("annealed Langevin", reference + [f"n_steps_each={max(1, nfe // levels)}"])
+        if nfe >= levels:
+            measure("annealed Langevin", reference + [f"n_steps_each={nfe // levels}"])
     if vp:
         measure("DDPM ancestral", ["method=ddpm"])
     for nfe in args.budgets:
-        for label, overrides in digits_variants(nfe, continuous, levels).items():
+        for label, overrides in digits_variants(nfe, continuous, model.process.num_levels).items():
             measure(label, overrides)
     return {"checkpoint": info["checkpoint"], "step": info["step"], "n": args.n, "seed": args.seed,
             "floor": {"label": f"real held-out digits ({len(held_out)})", **{k: floor[k] for k in

@@ -203,7 +203,7 @@ def test_unet_trains_resumes_bit_exactly_and_samples_on_either_process(tmp_path,
     assert (tmp_path / "strip.png").exists()
 
 
-def test_vp_models_sample_with_annealed_langevin_too_and_refuse_inpainting(tmp_path, capsys):
+def test_vp_models_sample_with_annealed_langevin_too_and_inpaint_in_their_ve_form(tmp_path, capsys):
     sets = _sets(TINY_UNET + ["model.process=vp", "model.num_timesteps=30", "training.n_iters=2"])
     run = tmp_path / "vp"
     assert main(["train", "configs/digits.yaml", "--workdir", str(run), "--device", "cpu", "--no-progress", *sets]) == 0
@@ -213,9 +213,10 @@ def test_vp_models_sample_with_annealed_langevin_too_and_refuse_inpainting(tmp_p
                  "--set", "sampling.n_steps_each=2"]) == 0
     with np.load(npz) as data:
         assert data["samples"].shape == (3, 1, 8, 8)
-    assert main(["inpaint", str(run), "--n-images", "1", "--completions", "1", "--out", str(tmp_path / "i.png"),
-                 "--no-progress"]) == 2
-    assert "inpainting is implemented for VE" in capsys.readouterr().err
+    out = tmp_path / "i.png"
+    assert main(["inpaint", str(run), "--n-images", "1", "--completions", "2", "--out", str(out), "--no-progress",
+                 "--set", "sampling.n_levels=5", "--set", "sampling.n_steps_each=2"]) == 0
+    assert out.exists() and "inpainted 1 image(s) x 2 completions" in capsys.readouterr().out
 
 
 def test_ddpm_sampler_on_a_ve_model_is_a_one_line_error(tmp_path, capsys):

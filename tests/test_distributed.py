@@ -168,3 +168,30 @@ def test_a_unet_on_the_vp_process_trains_the_same_network_on_two_processes(tmp_p
         eps_a, eps_b = (net(x, None, index=t, eps=True) for net in nets)
     assert eps_a.abs().max() > 1e-3  # it moved away from the zero-initialised output
     assert torch.allclose(eps_a, eps_b, atol=2e-3 * eps_a.abs().max().item())
+
+
+def test_procs_reruns_a_command_under_torchrun(tmp_path, capsys):
+    run = tmp_path / "procs"
+    assert main(["train", "configs/digits.yaml", "--workdir", str(run), "--device", "cpu", "--no-progress",
+                 "--procs", "2", *sets()]) == 0
+    state = ckpt.load_checkpoint(run)
+    assert state["world_size"] == 2 and state["step"] == 4
+    assert "running as 2 processes" in capsys.readouterr().err
+
+
+def test_procs_auto_uses_the_cores_and_divides_the_batch(monkeypatch):
+    from ncsn import launch
+    from ncsn.errors import UserError
+
+    monkeypatch.setattr(launch, "available_cpus", lambda: 4)
+    assert launch.resolve_procs("auto", "cpu", batch_size=128) == 4
+    assert launch.resolve_procs("auto", "cpu", batch_size=6) == 3  # the largest divisor of the batch
+    monkeypatch.setattr(launch, "available_cpus", lambda: 1)
+    assert launch.resolve_procs("auto", "cpu", batch_size=128) == 1
+    assert launch.resolve_procs("3") == 3
+    for bad in ("0", "two"):
+        with pytest.raises(UserError, match="--procs"):
+            launch.resolve_procs(bad)
+    assert launch.without_procs(["train", "c.yaml", "--procs", "2", "--set", "a.b=1", "--procs=auto"]) == [
+        "train", "c.yaml", "--set", "a.b=1"]
+    assert launch.relaunch(1, ["train"]) is None

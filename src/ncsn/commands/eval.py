@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ncsn.launch import add_procs_argument
+
 import json
 from pathlib import Path
 
@@ -46,6 +48,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, help="sampler batch size (default: sampling.batch_size)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
+    add_procs_argument(p)
     p.set_defaults(func=run)
 
 
@@ -86,6 +89,11 @@ def run(args) -> int:
         raise UserError("give either a run directory / checkpoint or --fake samples.npz")
     if args.every_checkpoint and not args.target:
         raise UserError("--every-checkpoint needs a run directory")
+    from ncsn.launch import relaunch, resolve_procs
+
+    code = relaunch(resolve_procs(args.procs, args.device), getattr(args, "argv", [])) if args.target else None
+    if code is not None:
+        return code
     ctx = distributed.setup(resolve_device(args.device))
     progress = not args.no_progress and ctx.is_main
     try:

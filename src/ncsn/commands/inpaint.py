@@ -76,14 +76,14 @@ def run(args) -> int:
     from ncsn.commands.sample import apply_sampling_overrides
     from ncsn.generate import is_continuous, load_model_for_sampling, plan_sampler
     from ncsn.plotting import save_image_grid
+    from ncsn.processes import ve_view
     from ncsn.sampling import annealed_langevin_inpaint
 
     device = resolve_device(args.device)
     model, config, info = load_model_for_sampling(args.target, use_ema=not args.no_ema, device=device)
-    if model.process.name != "ve":
-        raise UserError(f"inpainting is implemented for VE (NCSN) models, Algorithm 2 of Song & Ermon (2019); "
-                        f"{info['checkpoint']} was trained with model.process={model.process.name}")
     config = apply_sampling_overrides(config, args.overrides)
+    if config["sampling"]["method"] == "auto":  # the one sampler with a conditional form, for VE and VP alike
+        config["sampling"]["method"] = "annealed_langevin"
     if sampler_of(config) != "annealed_langevin":
         raise UserError(f"inpainting runs annealed Langevin dynamics (Song & Ermon 2019, Algorithm 2); "
                         f"sampling.method={config['sampling']['method']} has no conditional form here")
@@ -108,12 +108,18 @@ def run(args) -> int:
     known = images.repeat_interleave(k, dim=0).to(device)
     mask_b = mask.expand(known.shape[0], channels, size, size).to(device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    x0 = torch.rand(known.shape, generator=gen, device=device)
-    sigmas = plan.stds.to(device)
+    # in the VE form y = x / a of the process (a VP model too): the known pixels are clean data y = x0
+    process = model.process
+    levels = plan.noise_levels.to(device=device, dtype=torch.float32)
+    if process.name == "ve":
+        start = torch.rand(known.shape, generator=gen, device=device)  # NCSN's uniform start
+    else:
+        start = float(levels[0]) * torch.randn(known.shape, generator=gen, device=device)
     with torch.no_grad():
-        filled = annealed_langevin_inpaint(model, x0, known, mask_b, sigmas, s["step_lr"], s["n_steps_each"],
-                                           denoise=s["denoise"], generator=gen, progress=not args.no_progress)
-    filled = filled.clamp(0, 1).cpu().view(images.shape[0], k, channels, size, size)
+        filled = annealed_langevin_inpaint(ve_view(model, process), start, process.to_model(known), mask_b, levels,
+                                           s["step_lr"], s["n_steps_each"], denoise=s["denoise"], generator=gen,
+                                           progress=not args.no_progress)
+    filled = process.to_images(filled).clamp(0, 1).cpu().view(images.shape[0], k, channels, size, size)
     occluded = images * mask + 0.5 * (1 - mask)
     rows = [torch.cat([occluded[i : i + 1], filled[i], images[i : i + 1]]) for i in range(images.shape[0])]
     save_image_grid(torch.cat(rows), args.out, nrow=k + 2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ncsn.launch import add_procs_argument
+
 import json
 from pathlib import Path
 
@@ -25,6 +27,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, help="samples per batch (default: sampling.batch_size)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument("--no-progress", action="store_true")
+    add_procs_argument(p)
     p.set_defaults(func=run)
 
 
@@ -53,6 +56,11 @@ def run(args) -> int:
 
     if args.n < 1:
         raise UserError("--n must be at least 1")
+    from ncsn.launch import relaunch, resolve_procs
+
+    code = relaunch(resolve_procs(args.procs, args.device), getattr(args, "argv", []))
+    if code is not None:
+        return code
     ctx = distributed.setup(resolve_device(args.device))
     try:
         model, config, info = load_model_for_sampling(args.target, use_ema=not args.no_ema, device=ctx.device)

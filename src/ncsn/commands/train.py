@@ -6,6 +6,9 @@ import signal
 import sys
 
 
+from ncsn.launch import add_procs_argument
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a noise-conditional score network on images",
                               description="Train NCSN (RefineNet, multi-scale DSM, EMA) from a YAML config.")
@@ -16,14 +19,20 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_procs_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ncsn.config import load_config
+    from ncsn.launch import relaunch, resolve_procs
     from ncsn.train import train
 
     config = load_config(args.config, args.overrides)
+    code = relaunch(resolve_procs(args.procs, args.device, config["training"]["batch_size"]),
+                    getattr(args, "argv", []))
+    if code is not None:
+        return code
     summary = train(config, args.workdir, resume=args.resume, device=args.device, progress=not args.no_progress)
     if summary is None:
         return 0
