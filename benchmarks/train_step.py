@@ -1,4 +1,4 @@
-"""Training steps per second: eager vs torch.compile vs AMP, side by side in one run.
+"""Training steps per second: eager vs torch.compile vs AMP, side by side in one run; the main job's speed.
 
 For each config (digits by default, CIFAR-10 too with --cifar) and each mode, a few warm-up
 steps are followed by timed steps. The table gives the first step's time (which includes
@@ -9,6 +9,15 @@ torch.compile's compilation), steps/s after warm-up, and the ratio to eager.
 
 Modes: eager, compile (torch.compile, inductor), bf16 / fp16 (autocast; fp16 with a grad scaler),
 and compile+bf16 / compile+fp16.
+
+    python benchmarks/train_step.py --main-job [--job-steps 300] [--fid-run demo ...]
+
+``--main-job`` instead runs the real ``ncsn train`` for a few hundred steps, one after the other, for
+the previous main job (NCSN's RefineNet, configs/digits.yaml, one process) and today's
+(configs/demo.yaml: the U-Net, one process, and ``--procs auto``), and prints steps/s and the ratio
+to the previous one. With ``--fid-run DIR`` (a run evaluated by ``ncsn eval DIR --every-checkpoint``)
+it also prints the time to FID 15 and 10: the first checkpoint at or below each, with the training
+seconds its log.csv records.
 """
 
 from __future__ import annotations
@@ -76,6 +85,58 @@ def steps_per_second(config, device, mode, warmup, steps):
     return first, steps / (time.perf_counter() - start)
 
 
+def train_rate(config: str, procs: str, steps: int, workdir: str) -> float:
+    """Steps/s of ``ncsn train`` over the logged steps after the first row (startup excluded)."""
+    import csv
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "ncsn", "train", config, "--workdir", workdir, "--no-progress", "--procs", procs,
+           "--device", "cpu", "--set", f"training.n_iters={steps}", "--set", f"training.snapshot_freq={steps}",
+           "--set", "training.log_freq=20"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    with open(f"{workdir}/log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    first, last = rows[0], rows[-1]
+    return (int(last["step"]) - int(first["step"])) / (float(last["elapsed_s"]) - float(first["elapsed_s"]))
+
+
+def time_to_fid(run: str, targets=(15.0, 10.0)) -> list[str]:
+    import csv
+
+    with open(f"{run}/eval_vs_step.csv") as handle:
+        curve = [(int(r["step"]), float(r["fid"])) for r in csv.DictReader(handle)]
+    with open(f"{run}/log.csv") as handle:
+        elapsed = {int(r["step"]): float(r["elapsed_s"]) for r in csv.DictReader(handle)}
+    out = []
+    for target in targets:
+        hit = next(((step, fid) for step, fid in sorted(curve) if fid <= target), None)
+        if hit is None:
+            out.append(f"  FID <= {target:g}: not reached (best {min(f for _, f in curve):.2f})")
+            continue
+        seconds = elapsed.get(hit[0]) or max((e for s_, e in elapsed.items() if s_ <= hit[0]), default=float("nan"))
+        out.append(f"  FID <= {target:g}: step {hit[0]} (FID {hit[1]:.2f}), {seconds:.0f} s of training")
+    return out
+
+
+def main_job(args) -> None:
+    import tempfile
+
+    print(f"{cpu_description()}; {args.job_steps} steps of real `ncsn train` each, one after the other")
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [("NCSN RefineNet (configs/digits.yaml), 1 process", "configs/digits.yaml", "1"),
+                ("main job U-Net VP (configs/demo.yaml), 1 process", "configs/demo.yaml", "1"),
+                ("main job U-Net VP (configs/demo.yaml), --procs auto", "configs/demo.yaml", "auto")]
+        base = None
+        for i, (label, config, procs) in enumerate(rows):
+            rate = train_rate(config, procs, args.job_steps, f"{tmp}/{i}")
+            base = base or rate
+            print(f"  {label:55s} {rate:6.2f} steps/s  {rate / base:5.2f}x", flush=True)
+    for run in args.fid_run:
+        print(f"time to FID, {run}:")
+        print("\n".join(time_to_fid(run)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cifar", action="store_true", help="also the CIFAR-10 config (ngf 128, 32x32x3)")
@@ -87,7 +148,13 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="CPU intra-op threads (0: torch's default)")
+    parser.add_argument("--main-job", action="store_true", help="the main job's training speed, old and new")
+    parser.add_argument("--job-steps", type=int, default=300)
+    parser.add_argument("--fid-run", action="append", default=[], help="run evaluated with --every-checkpoint")
     args = parser.parse_args()
+    if args.main_job:
+        main_job(args)
+        return
     device = resolve_device(args.device)
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -72,7 +72,6 @@ def read_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
 def run(args) -> int:
     from ncsn.data.images import get_dataset
     from ncsn.device import resolve_device
-    from ncsn.build import sampler_of
     from ncsn.commands.sample import apply_sampling_overrides
     from ncsn.generate import is_continuous, load_model_for_sampling, plan_sampler
     from ncsn.plotting import save_image_grid
@@ -81,12 +80,13 @@ def run(args) -> int:
 
     device = resolve_device(args.device)
     model, config, info = load_model_for_sampling(args.target, use_ema=not args.no_ema, device=device)
-    config = apply_sampling_overrides(config, args.overrides)
-    if config["sampling"]["method"] == "auto":  # the one sampler with a conditional form, for VE and VP alike
-        config["sampling"]["method"] = "annealed_langevin"
-    if sampler_of(config) != "annealed_langevin":
+    asked = apply_sampling_overrides(config, args.overrides)["sampling"]["method"]
+    explicit = any(o.split("=", 1)[0].strip() == "sampling.method" for o in args.overrides)
+    if explicit and asked not in ("auto", "annealed_langevin"):
         raise UserError(f"inpainting runs annealed Langevin dynamics (Song & Ermon 2019, Algorithm 2); "
-                        f"sampling.method={config['sampling']['method']} has no conditional form here")
+                        f"sampling.method={asked} has no conditional form here")
+    # whatever the model samples with, inpainting is annealed Langevin on its levels
+    config = apply_sampling_overrides(config, [*args.overrides, "sampling.method=annealed_langevin"])
     plan = plan_sampler(config, model.process, is_continuous(model))
     d, s = config["data"], config["sampling"]
     channels, size = d["channels"], d["image_size"]
