@@ -185,7 +185,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.budgets = [int(b) for b in args.budgets.split(",")]
-    args.langevin_budgets = [int(b) for b in args.langevin_budgets.split(",")]
+    args.langevin_budgets = [int(b) for b in args.langevin_budgets.split(",") if b.strip()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)

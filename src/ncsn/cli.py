@@ -10,7 +10,9 @@ fix (bad config, missing data, unsafe checkpoint, ...) are raised as
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
+import os
 import sys
 
 from ncsn.errors import UserError
@@ -36,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # for --procs, which re-runs the command under torchrun
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        faulthandler.enable()  # a rank that dies of a signal prints where it was
     try:
         return int(args.func(args) or 0)
     except UserError as err:

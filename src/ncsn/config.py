@@ -76,7 +76,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "sampling": {
         "method": "auto",         # auto | annealed_langevin | consistent_annealing | predictor_corrector | pf_ode | ddpm
                                   # (auto: annealed_langevin for ve, ddpm for vp)
-        "sigmas": "trained",      # the levels the sampler visits: trained (the model's own) | geometric | karras
+        "sigmas": "trained",      # the levels the sampler visits (not ddpm's: all T): trained | geometric | karras
         "n_levels": 0,            # how many levels (0: all trained ones; geometric/karras need a count)
         "rho": 7.0,               # karras: the schedule's exponent (Karras et al. 2022)
         "solver": "heun",         # pf_ode: heun | euler

@@ -7,7 +7,10 @@ Without those variables everything runs as a single process (rank 0 of 1).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -49,9 +52,32 @@ def setup(device: torch.device) -> Context:
     return Context(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
-def teardown(ctx: Context) -> None:
-    if ctx.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+def teardown(ctx: Context, *, completed: bool = True) -> None:
+    """Leave the process group. After a normal run every rank first waits at a barrier.
+
+    Without the barrier a rank that finished early (one that does not write the checkpoint)
+    tore gloo down while rank 0 still held its connections, and once in a while died with
+    SIGABRT at exit. After a failure there is no barrier: the other ranks may never reach it,
+    and torchrun stops them when this rank exits non-zero.
+    """
+    if not (ctx.distributed and dist.is_initialized()):
+        return
+    if completed:
+        dist.barrier()
+    gc.collect()  # DistributedDataParallel's reference cycles keep the group's gloo threads alive otherwise
+    dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def session(device: torch.device) -> Iterator[Context]:
+    """:func:`setup` on entry, :func:`teardown` on exit (with the barrier only after success)."""
+    ctx = setup(device)
+    try:
+        yield ctx
+    except BaseException:
+        teardown(ctx, completed=False)
+        raise
+    teardown(ctx)
 
 
 def any_flag(ctx: Context, flag: bool) -> bool:

@@ -104,10 +104,7 @@ def plan_sampler(config: dict, process: Process | None = None, continuous: bool 
     process = process or make_process(config)
     method = sampler_of(config)
     levels = sampler_levels(config, process)
-    if method == "ddpm":
-        if s["sigmas"] != "trained" or s["n_levels"]:
-            raise UserError("sampling.method=ddpm runs all T timesteps; for fewer levels use pf_ode or "
-                            "predictor_corrector with sampling.sigmas / sampling.n_levels")
+    if method == "ddpm":  # always all T timesteps: sampling.sigmas and n_levels do not apply
         T = process.num_levels
         levels = process.noisiest_first(process.noise_levels)
         units, per_unit, nfe = T, 1, T

@@ -245,11 +245,8 @@ def train(config: dict, workdir: str | Path, resume: bool = False, device: str =
     """
     from ncsn.device import resolve_device
 
-    ctx = distributed.setup(resolve_device(device))
-    try:
+    with distributed.session(resolve_device(device)) as ctx:
         return _train(config, Path(workdir), resume, ctx, max_steps, progress)
-    finally:
-        distributed.teardown(ctx)
 
 
 def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,

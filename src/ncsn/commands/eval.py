@@ -94,9 +94,8 @@ def run(args) -> int:
     code = relaunch(resolve_procs(args.procs, args.device), getattr(args, "argv", [])) if args.target else None
     if code is not None:
         return code
-    ctx = distributed.setup(resolve_device(args.device))
-    progress = not args.no_progress and ctx.is_main
-    try:
+    with distributed.session(resolve_device(args.device)) as ctx:
+        progress = not args.no_progress and ctx.is_main
         if args.fake:
             fake_images, provenance = read_fake(args.fake)
             dataset = args.dataset or "digits"
@@ -126,8 +125,6 @@ def run(args) -> int:
             d = config["data"]
             dataset, size, channels = args.dataset or d["dataset"], d["image_size"], d["channels"]
             root = args.data_root or d["root"]
-    finally:
-        distributed.teardown(ctx)
     if not ctx.is_main:
         return 0
 

@@ -61,15 +61,12 @@ def run(args) -> int:
     code = relaunch(resolve_procs(args.procs, args.device), getattr(args, "argv", []))
     if code is not None:
         return code
-    ctx = distributed.setup(resolve_device(args.device))
-    try:
+    with distributed.session(resolve_device(args.device)) as ctx:
         model, config, info = load_model_for_sampling(args.target, use_ema=not args.no_ema, device=ctx.device)
         config = apply_sampling_overrides(config, args.overrides)
         strip_n = min(args.strip_n, args.n) if args.strip else 0
         result = generate(model, config, args.n, seed=args.seed, progress=not args.no_progress,
                           strip=strip_n, batch_size=args.batch_size, ctx=ctx)
-    finally:
-        distributed.teardown(ctx)
     if result is None:  # not rank 0
         return 0
     samples, levels = result if strip_n else (result, None)
@@ -82,7 +79,9 @@ def run(args) -> int:
                             provenance=np.array(json.dumps(provenance)))
         written.append(args.npz)
     if levels:
-        if config["sampling"]["denoise"] and sampler_settings(config)["sampler"] == "annealed_langevin":
+        # these two end with Tweedie's step after their last level: show its result too
+        if config["sampling"]["denoise"] and sampler_settings(config)["sampler"] in ("annealed_langevin",
+                                                                                    "consistent_annealing"):
             levels = levels + [samples[:strip_n]]
         save_strip(levels, args.strip)
         written.append(args.strip)
