@@ -177,6 +177,11 @@ def test_procs_reruns_a_command_under_torchrun(tmp_path, capsys):
     state = ckpt.load_checkpoint(run)
     assert state["world_size"] == 2 and state["step"] == 4
     assert "running as 2 processes" in capsys.readouterr().err
+    # torchrun's own parser must not take `--n` for an abbreviation of its options (the demo's command)
+    npz = tmp_path / "s.npz"
+    assert main(["sample", str(run), "--n", "6", "--out", str(tmp_path / "s.png"), "--npz", str(npz),
+                 "--device", "cpu", "--no-progress", "--procs", "2"]) == 0
+    assert np.load(npz)["samples"].shape[0] == 6
 
 
 def test_procs_auto_uses_the_cores_and_divides_the_batch(monkeypatch):

@@ -80,7 +80,7 @@ def relaunch(procs: int, argv: list[str]) -> int | None:
     if procs <= 1 or under_launcher():
         return None
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-               "-m", "ncsn", *without_procs(argv)]
+               "-m", "--", "ncsn", *without_procs(argv)]  # "--": torchrun must not read an abbreviated --n
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     print(f"ncsn: running as {procs} processes (torchrun)", file=sys.stderr, flush=True)
