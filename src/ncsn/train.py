@@ -410,6 +410,7 @@ def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,
         "loss": running,
         "signal": signum,
         "seconds": time.perf_counter() - began,
+        "main": ctx.is_main,  # only rank 0 reports
     }
 
 

@@ -36,6 +36,8 @@ def run(args) -> int:
     summary = train(config, args.workdir, resume=args.resume, device=args.device, progress=not args.no_progress)
     if summary is None:
         return 0
+    if not summary.get("main", True):  # the other ranks: rank 0 reports
+        return 128 + int(summary["signal"] or 2) if summary["status"] == "interrupted" else 0
     if summary["status"] == "interrupted":
         name = signal.Signals(summary["signal"]).name if summary["signal"] else "signal"
         print(f"ncsn train: {name} received: checkpoint saved at step {summary['step']} in {args.workdir}; "
