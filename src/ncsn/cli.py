@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import importlib
-import os
 import sys
 
 from ncsn.errors import UserError
+from ncsn.launch import under_launcher
 
 COMMANDS = ["toy", "train", "sample", "inpaint", "eval", "compare", "train_classifier"]
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # for --procs, which re-runs the command under torchrun
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if under_launcher():
         faulthandler.enable()  # a rank that dies of a signal prints where it was
     try:
         return int(args.func(args) or 0)

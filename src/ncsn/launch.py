@@ -88,3 +88,8 @@ def relaunch(procs: int, argv: list[str]) -> int | None:
         return subprocess.call(command, env=env)
     except KeyboardInterrupt:
         return 130
+
+
+def relaunch_if_asked(args, batch_size: int | None = None) -> int | None:
+    """The exit code of the command re-run under torchrun as ``args.procs`` asks, or None (run it here)."""
+    return relaunch(resolve_procs(args.procs, args.device, batch_size), getattr(args, "argv", []))

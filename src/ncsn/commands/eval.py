@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from ncsn.launch import add_procs_argument
-
 import json
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import numpy as np
 import torch
 
 from ncsn.errors import UserError
+from ncsn.launch import add_procs_argument
 
 
 def add_parser(subparsers) -> None:
@@ -89,9 +88,9 @@ def run(args) -> int:
         raise UserError("give either a run directory / checkpoint or --fake samples.npz")
     if args.every_checkpoint and not args.target:
         raise UserError("--every-checkpoint needs a run directory")
-    from ncsn.launch import relaunch, resolve_procs
+    from ncsn.launch import relaunch_if_asked
 
-    code = relaunch(resolve_procs(args.procs, args.device), getattr(args, "argv", [])) if args.target else None
+    code = relaunch_if_asked(args) if args.target else None
     if code is not None:
         return code
     with distributed.session(resolve_device(args.device)) as ctx:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ncsn.launch import add_procs_argument
-
 import json
 from pathlib import Path
+
+from ncsn.launch import add_procs_argument
 
 
 def add_parser(subparsers) -> None:
@@ -56,9 +56,9 @@ def run(args) -> int:
 
     if args.n < 1:
         raise UserError("--n must be at least 1")
-    from ncsn.launch import relaunch, resolve_procs
+    from ncsn.launch import relaunch_if_asked
 
-    code = relaunch(resolve_procs(args.procs, args.device), getattr(args, "argv", []))
+    code = relaunch_if_asked(args)
     if code is not None:
         return code
     with distributed.session(resolve_device(args.device)) as ctx:

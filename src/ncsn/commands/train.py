@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import sys
 
-
 from ncsn.launch import add_procs_argument
 
 
@@ -25,12 +24,11 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ncsn.config import load_config
-    from ncsn.launch import relaunch, resolve_procs
+    from ncsn.launch import relaunch_if_asked
     from ncsn.train import train
 
     config = load_config(args.config, args.overrides)
-    code = relaunch(resolve_procs(args.procs, args.device, config["training"]["batch_size"]),
-                    getattr(args, "argv", []))
+    code = relaunch_if_asked(args, config["training"]["batch_size"])
     if code is not None:
         return code
     summary = train(config, args.workdir, resume=args.resume, device=args.device, progress=not args.no_progress)
