@@ -49,7 +49,7 @@ def build_network(config: dict, process: Process) -> nn.Module:
         # RefineNet holds its levels in decreasing order
         levels = process.noisiest_first(process.noise_levels.to(torch.float32))
         return RefineNet(channels=d["channels"], ngf=m["ngf"], sigmas=levels,
-                         scale_by_sigma=m["scale_by_sigma"] and process.name == "ve")
+                         scale_by_sigma=m["scale_by_sigma"] and process.name == "ve", numerics=m["numerics"])
     from ncsn.models.unet import UNet
 
     return UNet(channels=d["channels"], ch=m["ngf"], ch_mult=tuple(m["ch_mult"]),

@@ -54,6 +54,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "ema": True,
         "scale_by_sigma": False,  # NCSNv2 output scaling s(x, sigma) = f(x) / sigma
         "arch": "refinenet",      # refinenet (NCSN) | unet (DDPM's U-Net; ngf is its base width ch)
+        "numerics": 1,            # RefineNet family: 1, this project's first RefineNet; 2, the authors' reference code
+                                  # (unbiased variance of the CIN++ channel means, align_corners=True): imported weights
         "process": "ve",          # ve (NCSN: x + sigma z) | vp (DDPM: sqrt(abar) x + sqrt(1 - abar) z)
         "num_timesteps": 1000,    # vp: T
         "beta_schedule": "linear",  # vp: linear | cosine
@@ -217,6 +219,7 @@ def validate(config: dict) -> None:
         (config["optim"]["warmup"] >= 0, "optim.warmup must be >= 0"),
         (t["objective"] in OBJECTIVES, f"training.objective must be one of {', '.join(OBJECTIVES)}"),
         (m["arch"] in ARCHS, f"model.arch must be one of {', '.join(ARCHS)}"),
+        (m["numerics"] in (1, 2), "model.numerics must be 1 (this project's) or 2 (the reference code's)"),
         (m["process"] in PROCESSES, f"model.process must be one of {', '.join(PROCESSES)}"),
         (m["num_timesteps"] >= 2, "model.num_timesteps must be >= 2"),
         (m["beta_schedule"] in BETA_SCHEDULES, f"model.beta_schedule must be one of {', '.join(BETA_SCHEDULES)}"),
