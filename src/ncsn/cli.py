@@ -17,7 +17,7 @@ import sys
 from ncsn.errors import UserError
 from ncsn.launch import under_launcher
 
-COMMANDS = ["toy", "train", "sample", "inpaint", "eval", "compare", "train_classifier"]
+COMMANDS = ["toy", "train", "sample", "inpaint", "eval", "compare", "train_classifier", "import_checkpoint"]
 
 
 def build_parser() -> argparse.ArgumentParser:
