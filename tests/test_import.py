@@ -159,7 +159,7 @@ def test_clear_one_line_errors(tmp_path, capsys):
 @pytest.mark.parametrize("fmt,arch,sets", [
     ("ncsn", "ncsn", ["model.num_classes=3"]),
     ("ncsnv2", "ncsnv2", ["model.arch=ncsnv2", "model.num_classes=3", "model.sigma_begin=5.0"])])
-def test_imported_models_sample_and_evaluate_through_the_cli(tmp_path, capsys, monkeypatch, fmt, arch, sets):
+def test_imported_models_sample_inpaint_and_evaluate_through_the_cli(tmp_path, capsys, monkeypatch, fmt, arch, sets):
     monkeypatch.setenv("NCSN_CACHE", str(tmp_path / "cache"))
     overrides = ["model.ngf=4", "sampling.n_steps_each=2", *sets]
     config = load_config("configs/digits.yaml", overrides)
@@ -174,6 +174,10 @@ def test_imported_models_sample_and_evaluate_through_the_cli(tmp_path, capsys, m
     assert (run / "config.yaml").is_file()
     assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / "grid.png"), "--no-progress"]) == 0
     assert "4 samples" in capsys.readouterr().out
+    assert main(["inpaint", str(run), "--n-images", "2", "--completions", "2", "--mask", "right",
+                 "--out", str(tmp_path / "paint.png"), "--no-progress"]) == 0
+    assert (tmp_path / "paint.png").stat().st_size > 0
+    capsys.readouterr()
     assert main(["eval", str(run), "--n", "20", "--metrics", "fid", "--no-progress"]) == 0
     table = capsys.readouterr().out
     assert "reference: digits/train" in table and "sampler: " in table and "n_steps_each=2" in table
