@@ -159,6 +159,7 @@ def uncond_norm(unbiased: bool = True) -> NormFactory:
 
 
 def no_norm() -> NormFactory:
+    """No normalisation (NCSNv2's refine blocks)."""
     return lambda features: NoNorm()
 
 
@@ -211,8 +212,8 @@ class CondResidualBlock(nn.Module):
 
 
 class CondRCU(nn.Module):
-    """Conditional residual conv unit (RefineNet's RCU): ``n_blocks`` residual blocks, each of
-    ``n_stages`` (norm -> ELU -> bias-free 3x3 conv) stages: ``x <- x + stages(x)``."""
+    """Residual conv unit (RefineNet's RCU): ``n_blocks`` residual blocks, each of ``n_stages``
+    (norm -> ELU -> bias-free 3x3 conv) stages: ``x <- x + stages(x)`` (NCSNv2: no norm)."""
 
     def __init__(self, features: int, n_blocks: int, n_stages: int, norm: NormFactory):
         super().__init__()
