@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ncsn.models.layers import CondInstanceNormPlus
+from ncsn.models.layers import CondInstanceNormPlus, CondMSF, InstanceNormPlus, no_norm
 from ncsn.models.refinenet import RefineNet
 
 SIGMAS = torch.logspace(0, -2, 10)  # geometric, 1 -> 0.01, L = 10
@@ -239,3 +239,109 @@ def test_bad_forward_arguments():
         net(torch.rand(2, 1, 8, 8), torch.ones(3))
     with pytest.raises(ValueError, match="at least 2x2"):
         net(torch.rand(2, 1, 1, 8), 0.1)
+
+
+# ---- numerics: this project's (1) and the reference code's (2) ---------------------------------
+
+
+def identity_conv(conv: torch.nn.Conv2d) -> None:
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[:, :, 1, 1] = torch.eye(conv.weight.shape[0])
+        conv.bias.zero_()
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_fusion_upsampling_by_hand(align_corners):
+    # a 2x2 map holding 4 r + 2 c (r, c the row and column) fused into a 4x4 one of zeros; bilinear
+    # up-sampling reproduces a linear function exactly at the positions it samples:
+    # corners aligned, output pixel i samples i / 3; centres aligned, (i + 1/2) / 2 - 1/2 clamped to [0, 1]
+    msf = CondMSF([1, 1], 1, no_norm(), align_corners=align_corners)
+    for conv in msf.convs:
+        identity_conv(conv)
+    coarse = torch.tensor([[0.0, 2.0], [4.0, 6.0]])[None, None]
+    fused = msf([torch.zeros(1, 1, 4, 4), coarse], None, (4, 4))[0, 0]
+    s = torch.tensor([0, 1 / 3, 2 / 3, 1]) if align_corners else torch.tensor([0, 0.25, 0.75, 1])
+    torch.testing.assert_close(fused, 4 * s[:, None] + 2 * s[None, :], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("unbiased,variance", [(False, 14 / 3), (True, 7.0)])
+def test_variance_of_the_channel_means_by_hand(unbiased, variance):
+    # channel means 1, 2, 6 (m = 3, squared deviations 4, 1, 9: 14 / 3 over C, 7 over C - 1);
+    # with gamma = beta = 0 and alpha = 1 the output is (mu_k - m) / sqrt(v^2 + eps)
+    norm = CondInstanceNormPlus(3, 1, unbiased=unbiased)
+    with torch.no_grad():
+        norm.gamma.zero_()
+        norm.beta.zero_()
+        norm.alpha.fill_(1.0)
+    pattern = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
+    x = torch.tensor([1.0, 2.0, 6.0])[None, :, None, None] + pattern
+    z = norm(x, torch.tensor([0]))
+    expected = torch.tensor([-2.0, -1.0, 3.0]) / math.sqrt(variance + 1e-5)
+    torch.testing.assert_close(z[0], expected[:, None, None].expand(3, 2, 2), rtol=1e-6, atol=1e-6)
+
+
+def test_unconditional_instance_norm_plus_is_the_conditional_one_with_one_row():
+    torch.manual_seed(0)
+    plain, cond = InstanceNormPlus(5), CondInstanceNormPlus(5, 1, unbiased=True)
+    with torch.no_grad():
+        for p in (plain.gamma, plain.alpha, plain.beta):
+            p.normal_()
+        for name in ("gamma", "alpha", "beta"):
+            getattr(cond, name).copy_(getattr(plain, name)[None])
+    x = torch.randn(3, 5, 4, 4) + torch.randn(1, 5, 1, 1)
+    torch.testing.assert_close(plain(x), cond(x, torch.zeros(3, dtype=torch.long)))
+
+
+def seeded_old_checkpoint(workdir) -> None:
+    """A checkpoint as `ncsn train` wrote it before model.numerics existed (its config lacks the key),
+    with weights drawn from a seed by name (so they do not depend on how the network is built)."""
+    from ncsn import checkpoint as ckpt
+    from ncsn.build import build_score_model
+    from ncsn.config import load_config
+
+    config = load_config("configs/digits.yaml", ["model.ngf=4", "model.num_classes=3", "sampling.n_steps_each=2",
+                                                 "sampling.step_lr=1e-9", "sampling.batch_size=4"])
+    model = build_score_model(config)
+    del config["model"]["numerics"]
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float64).float()
+            if name.endswith((".gamma", ".alpha")):
+                p.copy_(1 + 0.3 * noise)
+            elif name.endswith((".beta", ".bias")):
+                p.copy_(0.3 * noise)
+            else:
+                p.copy_(noise / math.sqrt(p[0].numel()))
+    weights = model.state_dict()
+    ckpt.save_checkpoint(workdir, 0, {"version": 2, "step": 0, "model": weights, "ema": weights, "config": config})
+
+
+def test_old_checkpoints_give_the_same_outputs_and_samples_as_before(tmp_path):
+    from ncsn.build import load_score_model
+    from ncsn.generate import generate
+
+    seeded_old_checkpoint(tmp_path)
+    model, config, _ = load_score_model(tmp_path)
+    assert config["model"]["numerics"] == 1  # the default fills the missing key
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = model(x, model.sigmas[[0, 2]])
+    samples = generate(model, config, 2, seed=3, progress=False)
+    # recorded with this checkpoint before model.numerics existed (commit ede649e)
+    before_out = [0.1381916105747223, 0.21500082314014435, 0.24090576171875, 0.04860299825668335,
+                  9.86883544921875, -261.3898620605469, 6.5217766761779785, -38.7449836730957]
+    before_samples = [0.11640233546495438, 0.5693429708480835, 0.48001930117607117, 0.8956064581871033,
+                      0.8758252263069153, 0.07715191692113876, 0.012244452722370625]
+    torch.testing.assert_close(out.flatten()[::17], torch.tensor(before_out), rtol=1e-5, atol=1e-5)
+    assert out.abs().sum().item() == pytest.approx(6700.736328125, rel=1e-5)
+    torch.testing.assert_close(samples.flatten()[::19], torch.tensor(before_samples), rtol=1e-5, atol=1e-5)
+    assert samples.sum().item() == pytest.approx(65.26551055908203, rel=1e-5)
+
+    # the same weights with the reference code's numerics compute something else
+    reference = RefineNet(1, 4, model.net.sigmas, scale_by_sigma=True, numerics=2)
+    reference.load_state_dict(model.net.state_dict())
+    with torch.no_grad():
+        other = reference(x, model.sigmas[[0, 2]])
+    assert (other - out).abs().max() > 1e-2 * out.abs().max()

@@ -1,11 +1,13 @@
 """Building a score model and its forward process from a config, and loading one from a checkpoint.
 
-The one place that turns ``model.arch`` (``refinenet`` | ``unet``), ``model.process``
+The one place that turns ``model.arch`` (``refinenet`` | ``ncsnv2*`` | ``unet``), ``model.process``
 (``ve`` | ``vp``) and the size keys into a :class:`~ncsn.models.score_model.ScoreModel`;
 training, sampling, evaluation and the benchmarks all import it.
 
 * ``refinenet`` + ``ve``: NCSN (Song & Ermon 2019). The RefineNet outputs the score (f / sigma
   with ``model.scale_by_sigma``); its conditional normalisations hold one row per sigma.
+* ``ncsnv2``, ``ncsnv2_deeper``, ``ncsnv2_deepest`` + ``ve``: NCSNv2's networks (Song & Ermon
+  2020), unconditional, outputting the score f(x) / sigma.
 * ``unet`` (either process): DDPM's U-Net (Ho et al. 2020), conditioned on the continuous
   equivalent noise level, predicting the noise eps.
 * ``refinenet`` + ``vp``: the RefineNet with one normalisation row per timestep, predicting eps.
@@ -49,7 +51,11 @@ def build_network(config: dict, process: Process) -> nn.Module:
         # RefineNet holds its levels in decreasing order
         levels = process.noisiest_first(process.noise_levels.to(torch.float32))
         return RefineNet(channels=d["channels"], ngf=m["ngf"], sigmas=levels,
-                         scale_by_sigma=m["scale_by_sigma"] and process.name == "ve")
+                         scale_by_sigma=m["scale_by_sigma"] and process.name == "ve", numerics=m["numerics"])
+    if m["arch"].startswith("ncsnv2"):
+        from ncsn.models.ncsnv2 import NCSNv2
+
+        return NCSNv2(channels=d["channels"], ngf=m["ngf"], arch=m["arch"], numerics=m["numerics"])
     from ncsn.models.unet import UNet
 
     return UNet(channels=d["channels"], ch=m["ngf"], ch_mult=tuple(m["ch_mult"]),
@@ -58,9 +64,9 @@ def build_network(config: dict, process: Process) -> nn.Module:
 
 
 def output_of(config: dict) -> str:
-    """What the network outputs: the score (NCSN's RefineNet on VE) or the noise eps (otherwise)."""
+    """What the network outputs: the score (NCSN's and NCSNv2's networks on VE) or the noise eps (otherwise)."""
     m = config["model"]
-    return "score" if (m["arch"] == "refinenet" and m["process"] == "ve") else "eps"
+    return "score" if (m["arch"] != "unet" and m["process"] == "ve") else "eps"
 
 
 def build_score_model(config: dict) -> nn.Module:

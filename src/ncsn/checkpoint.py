@@ -82,14 +82,14 @@ def resolve_checkpoint(target: str | Path) -> Path:
     raise UserError(f"checkpoint or run directory not found: {target}")
 
 
-def load_weights(path: str | Path, what: str = "checkpoint", map_location="cpu") -> dict:
-    """``torch.load(path, weights_only=True)`` of a dict; anything else is a one-line UserError.
+def load_plain(path: str | Path, what: str = "checkpoint", map_location="cpu"):
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, else a one-line UserError.
 
     A pickle asking for objects other than tensors and plain values (which could execute
     code) is refused; truncated or corrupt archives are reported as unreadable.
     """
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         raise UserError(
             f"refusing to load {path}: it is not a plain weights file (its pickle asks for objects "
@@ -98,6 +98,11 @@ def load_weights(path: str | Path, what: str = "checkpoint", map_location="cpu")
     except Exception as err:  # truncated or corrupt archives: RuntimeError, EOFError, ...
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"cannot read {what} {path}: {reason}") from None
+
+
+def load_weights(path: str | Path, what: str = "checkpoint", map_location="cpu") -> dict:
+    """:func:`load_plain` of a dict; anything else is a one-line UserError."""
+    state = load_plain(path, what, map_location)
     if not isinstance(state, dict):
         raise UserError(f"{what} {path} does not hold a dict of weights")
     return state

@@ -17,7 +17,8 @@ import sys
 from ncsn.errors import UserError
 from ncsn.launch import under_launcher
 
-COMMANDS = ["toy", "train", "sample", "inpaint", "eval", "compare", "reproduce", "train_classifier"]
+COMMANDS = ["toy", "train", "sample", "inpaint", "eval", "compare", "reproduce", "train_classifier",
+            "import_checkpoint"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -53,7 +53,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "ema_rate": 0.999,
         "ema": True,
         "scale_by_sigma": False,  # NCSNv2 output scaling s(x, sigma) = f(x) / sigma
-        "arch": "refinenet",      # refinenet (NCSN) | unet (DDPM's U-Net; ngf is its base width ch)
+        "arch": "refinenet",      # refinenet (NCSN) | ncsnv2 | ncsnv2_deeper | ncsnv2_deepest (NCSNv2's, ve only)
+                                  # | unet (DDPM's U-Net; ngf is its base width ch)
+        "numerics": 1,            # RefineNet family: 1, this project's first RefineNet; 2, the authors' reference code
+                                  # (unbiased variance of the CIN++ channel means, align_corners=True): imported weights
         "process": "ve",          # ve (NCSN: x + sigma z) | vp (DDPM: sqrt(abar) x + sqrt(1 - abar) z)
         "num_timesteps": 1000,    # vp: T
         "beta_schedule": "linear",  # vp: linear | cosine
@@ -96,7 +99,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 OBJECTIVES = ("auto", "ncsn", "ddpm")
-ARCHS = ("refinenet", "unet")
+ARCHS = ("refinenet", "ncsnv2", "ncsnv2_deeper", "ncsnv2_deepest", "unet")
 SAMPLERS = ("auto", "annealed_langevin", "consistent_annealing", "predictor_corrector", "pf_ode", "ddpm")
 
 
@@ -217,6 +220,8 @@ def validate(config: dict) -> None:
         (config["optim"]["warmup"] >= 0, "optim.warmup must be >= 0"),
         (t["objective"] in OBJECTIVES, f"training.objective must be one of {', '.join(OBJECTIVES)}"),
         (m["arch"] in ARCHS, f"model.arch must be one of {', '.join(ARCHS)}"),
+        (m["numerics"] in (1, 2), "model.numerics must be 1 (this project's) or 2 (the reference code's)"),
+        (not m["arch"].startswith("ncsnv2") or m["process"] == "ve", f"model.arch={m['arch']} needs model.process=ve"),
         (m["process"] in PROCESSES, f"model.process must be one of {', '.join(PROCESSES)}"),
         (m["num_timesteps"] >= 2, "model.num_timesteps must be >= 2"),
         (m["beta_schedule"] in BETA_SCHEDULES, f"model.beta_schedule must be one of {', '.join(BETA_SCHEDULES)}"),

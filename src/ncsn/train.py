@@ -218,7 +218,8 @@ def _truncate_log(path: Path, step: int) -> None:
         csv.writer(handle).writerows(kept)
 
 
-ARCH_NAMES = {"refinenet": "RefineNet", "unet": "U-Net"}
+ARCH_NAMES = {"refinenet": "RefineNet", "ncsnv2": "NCSNv2", "ncsnv2_deeper": "NCSNv2Deeper",
+              "ncsnv2_deepest": "NCSNv2Deepest", "unet": "U-Net"}
 LOG_FIELDS = ["step", "loss", "lr", "steps_per_s", "elapsed_s"]
 
 

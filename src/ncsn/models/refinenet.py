@@ -28,8 +28,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ncsn.models.layers import CondInstanceNormPlus, CondRefineBlock, CondResidualBlock, activation, conv3x3
+from ncsn.models.layers import (CondRefineBlock, CondResidualBlock, NormFactory, activation, check_numerics,
+                                cond_norm, conv3x3)
 from ncsn.score import per_sample, sigma_vector
+
+#: NCSN's stages (Appendix B): per stage (width / ngf, first block marked ``down``, dilation)
+NCSN_STAGES = ((1, False, 1), (2, True, 1), (2, True, 2), (2, True, 4))
 
 
 def _check_sigmas(sigmas) -> torch.Tensor:
@@ -43,7 +47,66 @@ def _check_sigmas(sigmas) -> torch.Tensor:
     return sigmas
 
 
-class RefineNet(nn.Module):
+class RefineCascade(nn.Module):
+    """The body both papers share: ``begin_conv``, stages of two residual blocks, a cascade of
+    RefineNet blocks coarse to fine, then norm -> ELU -> ``end_conv``.
+
+    ``stages`` lists per stage ``(width / ngf, down, dilation)``; stage ``k`` is the attribute
+    ``stage{k}``. Refine block ``k`` (``refine{k}``) takes the ``k``-th coarsest stage's output
+    (and the previous refine block's) and gives the width of the next finer stage, ``ngf`` at
+    the end. ``norm`` normalises the residual blocks and the final features, ``refine_norm``
+    the refine blocks. The input is centred as ``2 x - 1``.
+    """
+
+    def __init__(self, channels: int, ngf: int, stages, norm: NormFactory, refine_norm: NormFactory,
+                 align_corners: bool, pool: str):
+        super().__init__()
+        for name, value in (("channels", channels), ("ngf", ngf)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.channels = channels
+        self.ngf = ngf
+        self.depth = n = len(stages)
+        widths = [mult * ngf for mult, _, _ in stages]
+
+        self.begin_conv = conv3x3(channels, ngf)
+        previous = ngf
+        for k, (width, (_, down, dilation)) in enumerate(zip(widths, stages), start=1):
+            setattr(self, f"stage{k}", nn.ModuleList([
+                CondResidualBlock(previous, width, norm, down=down, dilation=dilation),
+                CondResidualBlock(width, width, norm, dilation=dilation)]))
+            previous = width
+        inputs = []
+        for k in range(1, n + 1):
+            inputs = [widths[n - k]] + inputs[-1:]
+            features = widths[max(n - k - 1, 0)]
+            setattr(self, f"refine{k}", CondRefineBlock(inputs, features, refine_norm, end=k == n,
+                                                        align_corners=align_corners, pool=pool))
+            inputs = [features]
+        self.end_norm = norm(ngf)
+        self.end_conv = conv3x3(ngf, channels)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"expected x of shape (N, {self.channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[2] < 2 or x.shape[3] < 2:
+            raise ValueError(f"images must be at least 2x2, got {x.shape[2]}x{x.shape[3]}")
+
+    def cascade(self, x: torch.Tensor, level: torch.Tensor | None) -> torch.Tensor:
+        """The network's output before any division by sigma."""
+        h = self.begin_conv(2 * x - 1)
+        skips = []
+        for k in range(1, self.depth + 1):
+            for block in getattr(self, f"stage{k}"):
+                h = block(h, level)
+            skips.append(h)
+        h = self.refine1([skips[-1]], level)
+        for k in range(2, self.depth + 1):
+            h = getattr(self, f"refine{k}")([skips[self.depth - k], h], level)
+        return self.end_conv(activation(self.end_norm(h, level)))
+
+
+class RefineNet(RefineCascade):
     """Noise-conditional score network ``s(x, sigma)`` for images (NCSN, Song & Ermon 2019).
 
     Args:
@@ -54,6 +117,10 @@ class RefineNet(nn.Module):
         scale_by_sigma: return ``f(x, sigma) / sigma`` (NCSNv2, Song & Ermon 2020,
             Technique 3) instead of ``f(x, sigma)``. The normalisation stays conditional
             on the level, so this only changes how the output's scale is parameterised.
+        numerics: 1 (this project's first choices, what its checkpoints were trained with)
+            or 2 (the authors' reference code: unbiased variance of the channel means in CIN++,
+            ``align_corners=True`` in the fusion; for imported weights). See
+            :mod:`ncsn.models.layers`. The weights are the same either way.
 
     ``forward(x, sigma)`` takes ``x`` of shape ``(N, C, H, W)`` (H, W >= 2) and ``sigma`` a
     ``(N,)`` tensor or a Python float, and returns a tensor shaped like ``x``. It has no
@@ -64,31 +131,15 @@ class RefineNet(nn.Module):
     #: conditioned on the index of its nearest trained level: other noise levels are not its own
     continuous_noise_level = False
 
-    def __init__(self, channels: int, ngf: int, sigmas: torch.Tensor, scale_by_sigma: bool = False):
-        super().__init__()
-        for name, value in (("channels", channels), ("ngf", ngf)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.channels = channels
-        self.ngf = ngf
+    def __init__(self, channels: int, ngf: int, sigmas: torch.Tensor, scale_by_sigma: bool = False,
+                 numerics: int = 1):
+        sigmas = _check_sigmas(sigmas)
+        reference = check_numerics(numerics) == 2
+        super().__init__(channels, ngf, NCSN_STAGES, cond_norm(sigmas.shape[0], unbiased=reference),
+                         cond_norm(sigmas.shape[0], unbiased=reference), align_corners=reference, pool="avg")
+        self.numerics = numerics
         self.scale_by_sigma = bool(scale_by_sigma)
-        self.register_buffer("sigmas", _check_sigmas(sigmas))
-        L = self.num_levels
-
-        self.begin_conv = conv3x3(channels, ngf)
-        self.stage1 = nn.ModuleList([CondResidualBlock(ngf, ngf, L), CondResidualBlock(ngf, ngf, L)])
-        self.stage2 = nn.ModuleList([CondResidualBlock(ngf, 2 * ngf, L, down=True),
-                                     CondResidualBlock(2 * ngf, 2 * ngf, L)])
-        self.stage3 = nn.ModuleList([CondResidualBlock(2 * ngf, 2 * ngf, L, down=True, dilation=2),
-                                     CondResidualBlock(2 * ngf, 2 * ngf, L, dilation=2)])
-        self.stage4 = nn.ModuleList([CondResidualBlock(2 * ngf, 2 * ngf, L, down=True, dilation=4),
-                                     CondResidualBlock(2 * ngf, 2 * ngf, L, dilation=4)])
-        self.refine1 = CondRefineBlock([2 * ngf], 2 * ngf, L)
-        self.refine2 = CondRefineBlock([2 * ngf, 2 * ngf], 2 * ngf, L)
-        self.refine3 = CondRefineBlock([2 * ngf, 2 * ngf], ngf, L)
-        self.refine4 = CondRefineBlock([ngf, ngf], ngf, L, end=True)
-        self.end_norm = CondInstanceNormPlus(ngf, L)
-        self.end_conv = conv3x3(ngf, channels)
+        self.register_buffer("sigmas", sigmas)
 
     @property
     def num_levels(self) -> int:
@@ -102,26 +153,9 @@ class RefineNet(nn.Module):
         return (sigma.log().unsqueeze(-1) - self.sigmas.log()).abs().argmin(dim=-1)
 
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"expected x of shape (N, {self.channels}, H, W), got {tuple(x.shape)}")
-        if x.shape[2] < 2 or x.shape[3] < 2:
-            raise ValueError(f"images must be at least 2x2, got {x.shape[2]}x{x.shape[3]}")
+        self.check_input(x)
         sigma = sigma_vector(sigma, x)
-        level = self.level_index(sigma)
-
-        h = self.begin_conv(2 * x - 1)
-        skips = []
-        for stage in (self.stage1, self.stage2, self.stage3, self.stage4):
-            for block in stage:
-                h = block(h, level)
-            skips.append(h)
-        h1, h2, h3, h4 = skips
-
-        h = self.refine1([h4], level)
-        h = self.refine2([h3, h], level)
-        h = self.refine3([h2, h], level)
-        h = self.refine4([h1, h], level)
-        out = self.end_conv(activation(self.end_norm(h, level)))
+        out = self.cascade(x, self.level_index(sigma))
         if self.scale_by_sigma:
             out = out / per_sample(sigma, out)
         return out
