@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ncsn.atomic import write_text
 from ncsn.data.toy import GaussianMixture, get_toy
 from ncsn.device import resolve_device, single_cpu_thread
 from ncsn.energy import EnergyScore
@@ -330,7 +331,7 @@ def _run_toy(out: Path, dist: str, objective: str, steps: int, seed: int, dev: t
         **metrics,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     plot_toy(out / "toy.png", reference, samples, model, toy, settings, metrics, dev,
              title=f"{dist}: {objective}{' (energy)' if energy else ''}, {steps} steps, seed {seed}")
     return result
