@@ -10,6 +10,7 @@ one-line :class:`~ncsn.errors.OutputError` naming the file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -23,6 +24,19 @@ def cannot_write(path: str | Path, err: OSError) -> OutputError:
     """The one-line error for a file that could not be written (the earlier one is kept)."""
     reason = err.strerror or str(err) or type(err).__name__
     return OutputError(err.errno, f"cannot write {path}: {reason} (any earlier {Path(path).name} is unchanged)")
+
+
+def ensure_folder(path: str | Path) -> Path:
+    """Create the folder ``path`` (and its parents) if needed; failing that, a one-line :class:`OutputError`."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        in_the_way = "a file of that name is in the way"
+        raise OutputError(errno.ENOTDIR, f"cannot create the folder {path}: {in_the_way}") from None
+    except OSError as err:
+        raise OutputError(err.errno, f"cannot create the folder {path}: {err.strerror or err}") from None
+    return path
 
 
 def _umask() -> int:
@@ -55,8 +69,8 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write writes with mode 'wb' or 'w', not {mode!r}")
     path = Path(path)
+    ensure_folder(path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise cannot_write(path, err) from None

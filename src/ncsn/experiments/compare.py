@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ncsn.atomic import write_text
+from ncsn.atomic import ensure_folder, write_text
 from ncsn.errors import UserError
 
 
@@ -280,8 +280,7 @@ def run_ladder(out: str | Path, base: dict, preset_name: str = "quick", device: 
     if preset_name not in PRESETS:
         raise UserError(f"unknown preset {preset_name!r}; choose from {', '.join(PRESETS)}")
     preset = PRESETS[preset_name]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_folder(out)
     dev = resolve_device(device)
     rungs = ladder(base, preset)
     models: dict[str, dict] = {}
