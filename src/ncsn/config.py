@@ -248,7 +248,8 @@ def key_rules() -> dict[str, Rule]:
     return {
         "training.batch_size": at_least(1), "training.n_iters": count, "training.snapshot_freq": at_least(1),
         "training.keep_checkpoints": at_least(1), "training.log_freq": at_least(1), "training.sample_freq": count,
-        "training.sample_n": at_least(1), "training.seed": count, "training.divergence_factor": at_least(1, strict=True),
+        "training.sample_n": at_least(1), "training.seed": count,
+        "training.divergence_factor": at_least(1, strict=True),
         "training.amp": one_of("off", "bf16", "fp16"), "training.compile": ANY, "training.compile_backend": ANY,
         "training.channels_last": ANY, "training.cpu_threads": count, "training.num_workers": count,
         "training.objective": one_of(*OBJECTIVES),
