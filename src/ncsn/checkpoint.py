@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ncsn.atomic import atomic_write
-from ncsn.errors import CheckpointError, UserError, note
+from ncsn.errors import CheckpointError, note
 
 _NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
 

@@ -1,5 +1,6 @@
 """Errors with a message meant for the user (printed as one line by the CLI)."""
 
+import os
 import sys
 
 
@@ -26,5 +27,8 @@ class OutputError(UserError, OSError):
 
 
 def note(message: str) -> None:
-    """One line on stderr about something the user should know but that does not stop the command."""
+    """One line on stderr about something the user should know but that does not stop the command
+    (under torchrun from rank 0 only, so that it is said once)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     print(f"ncsn: note: {message}", file=sys.stderr, flush=True)
