@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ncsn import checkpoint as ckpt
-from ncsn.errors import UserError
+from ncsn.errors import CheckpointError, UserError
 from _payload import CodeRunningPayload
 
 
@@ -56,9 +56,44 @@ def test_corrupt_and_missing_checkpoints_are_clear_errors(tmp_path):
     good = ckpt.save_atomic({"w": torch.ones(1000)}, tmp_path / "good.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(good.read_bytes()[:300])  # truncated
-    with pytest.raises(UserError, match="cannot read checkpoint"):
+    with pytest.raises(UserError, match="is truncated"):
         ckpt.load_checkpoint(bad)
     with pytest.raises(UserError, match="not found"):
         ckpt.load_checkpoint(tmp_path / "nope")
     with pytest.raises(UserError, match="no checkpoint found"):
         ckpt.load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"", "is empty"),
+    (b"step,loss\n1,0.5\n", "is not a checkpoint"),
+    (pickle.dumps({"step": 1}, protocol=2), "a plain pickle"),
+])
+def test_each_kind_of_unusable_file_says_what_it_is(tmp_path, content, problem):
+    path = tmp_path / "x.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=problem):
+        ckpt.load_checkpoint(path)
+
+
+def test_newest_readable_checkpoint_is_used_and_the_skipped_ones_named(tmp_path, capsys):
+    for step in (1, 2, 3):
+        ckpt.save_checkpoint(tmp_path, step, {"step": step})
+    newest = ckpt.checkpoint_dir(tmp_path) / "checkpoint_3.pt"
+    newest.write_bytes(newest.read_bytes()[:100])
+    state, path = ckpt.load_newest(tmp_path, ckpt.load_weights)
+    assert state["step"] == 2 and path.name == "checkpoint_2.pt"
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint_3.pt is truncated" in err
+    assert newest.exists()  # skipped, not deleted
+    for _, other in ckpt.list_checkpoints(tmp_path):
+        other.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="no readable checkpoint.*checkpoint_1.pt is empty"):
+        ckpt.load_newest(tmp_path, ckpt.load_weights)
+
+
+def test_rotation_never_deletes_checkpoints_of_later_steps(tmp_path):
+    for step in (1, 2, 9):
+        ckpt.save_checkpoint(tmp_path, step, {"step": step}, keep=2)
+    ckpt.save_checkpoint(tmp_path, 3, {"step": 3}, keep=2)  # a run resumed from 2 past an unreadable 9
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2, 3, 9]

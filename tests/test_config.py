@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from ncsn.cli import main
@@ -63,3 +65,18 @@ def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
     assert code == 2
     assert len(err.splitlines()) == 1 and "training.n_iter" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_every_key_has_a_range_and_the_error_names_key_value_and_range():
+    from ncsn.config import key_rules
+
+    rules = key_rules()
+    assert set(rules) == {f"{section}.{key}" for section, keys in DEFAULTS.items() for key in keys}
+    load_config(None)  # the defaults are in range
+    with pytest.raises(UserError, match=r"^config key model.ngf = -3 is out of range \(allowed: >= 1\)$"):
+        load_config(None, ["model.ngf=-3"])
+    for override, allowed in [("sampling.eta=1.5", "[0, 1]"), ("model.dropout=1.0", "[0, 1)"),
+                              ("optim.eps=.nan", "> 0"), ("model.ch_mult=[]", "a non-empty list of integers >= 1"),
+                              ("data.channels=2", "one of 1, 3"), ("training.amp=fp8", "one of off, bf16, fp16")]:
+        with pytest.raises(UserError, match=re.escape(f"(allowed: {allowed})")):
+            load_config(None, [override])

@@ -48,8 +48,26 @@ def test_noiseless_langevin_climbs_to_the_mode():
     x0 = torch.tensor([[3.0, 4.0], [-4.0, -7.0]])
     x = langevin(mix.score, x0, 0.1, 300, noise=False, sigma=0.0)
     torch.testing.assert_close(x, torch.tensor([[5.0, 5.0], [-5.0, -5.0]]), atol=1e-4, rtol=0)
+    # mix.score(x, sigma=0.0): its sigma is optional, so without one it is called as mix.score(x)
+    torch.testing.assert_close(langevin(mix.score, x0, 0.1, 300, noise=False), x)
     with pytest.raises(TypeError, match="noise-conditional"):
-        langevin(mix.score, x0, 0.1, 1)
+        langevin(lambda v, sigma: mix.score(v, sigma), x0, 0.1, 1)
+
+
+def test_a_score_whose_sigma_has_a_default_is_called_without_one():
+    from ncsn.score import call_score
+
+    seen = []
+
+    def score(x, sigma=None):
+        seen.append(sigma)
+        return -x
+
+    x = torch.ones(3, 2)
+    torch.testing.assert_close(call_score(score, x), -x)
+    call_score(score, x, 0.5)
+    langevin(score, x, 0.1, 1, noise=False)
+    assert seen[0] is None and torch.equal(seen[1], torch.full((3,), 0.5)) and seen[2] is None
 
 
 def test_annealed_langevin_recovers_the_mixture_weights_where_langevin_fails():

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ncsn import checkpoint as ckpt
-from ncsn.errors import UserError
+from ncsn.errors import CheckpointError, UserError
 from ncsn.processes import Process, ve_process, vp_process
 
 #: version 2: the network's weights sit under ``net.`` of a ScoreModel (version 1: the bare RefineNet)
@@ -70,11 +70,19 @@ def output_of(config: dict) -> str:
 
 
 def build_score_model(config: dict) -> nn.Module:
-    """The :class:`ScoreModel` described by ``config`` (randomly initialised)."""
+    """The :class:`ScoreModel` described by ``config`` (randomly initialised).
+
+    Settings the network refuses (the config's ranges admit them one by one, not together) are a
+    one-line :class:`UserError`.
+    """
     from ncsn.models.score_model import ScoreModel
 
     process = make_process(config)
-    return ScoreModel(build_network(config, process), process, output_of(config))
+    try:
+        network = build_network(config, process)
+    except ValueError as err:
+        raise UserError(f"the config's model.* settings describe no valid {config['model']['arch']}: {err}") from None
+    return ScoreModel(network, process, output_of(config))
 
 
 def objective_of(config: dict) -> str:
@@ -105,49 +113,102 @@ def complete_config(config: dict) -> dict:
     return merge(DEFAULTS, config, origin="checkpoint config")
 
 
-def migrate(state: dict) -> dict:
+def migrate(state: dict, path: str | Path = "checkpoint") -> dict:
     """Bring a loaded checkpoint to :data:`CHECKPOINT_VERSION` (version 1 held the RefineNet's bare keys)."""
-    version = int(state.get("version", 1))
+    try:
+        version = int(state.get("version", 1))
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{path} has no readable format version ({state.get('version')!r})") from None
     if version > CHECKPOINT_VERSION:
-        raise UserError(f"checkpoint format version {version} is newer than this ncsn reads ({CHECKPOINT_VERSION}); "
-                        f"upgrade ncsn")
+        raise CheckpointError(f"{path}: checkpoint format version {version} is newer than this ncsn reads "
+                              f"({CHECKPOINT_VERSION}); upgrade ncsn")
     if version < 2:
         for key in ("model", "ema"):
             if key in state:
                 state[key] = {f"net.{name}": value for name, value in state[key].items()}
     state["version"] = CHECKPOINT_VERSION
-    state["config"] = complete_config(state["config"])
+    try:
+        state["config"] = complete_config(state["config"])
+    except UserError as err:
+        raise CheckpointError(f"{path} holds a config this ncsn cannot use: {err}") from None
     return state
 
 
-def load_state(target: str | Path, map_location="cpu") -> tuple[dict, Path]:
-    """A checkpoint (or a run's newest), read safely and migrated; with its path."""
-    path = ckpt.resolve_checkpoint(target)
-    state = ckpt.load_checkpoint(path, map_location=map_location)
-    if "config" not in state or "model" not in state:
-        raise UserError(f"{path} is not an ncsn checkpoint (no config or model weights)")
-    return migrate(state), path
+#: what a checkpoint must hold: to be sampled from, and (with the EMA and optimiser) to be resumed
+SAMPLING_KEYS = ("config", "model", "step")
+RESUME_KEYS = SAMPLING_KEYS + ("ema", "optimizer")
+
+
+def read_state(path: str | Path, map_location="cpu", required: tuple[str, ...] = SAMPLING_KEYS) -> dict:
+    """One checkpoint file, read safely, checked to hold ``required`` and migrated."""
+    state = ckpt.load_weights(path, "checkpoint", map_location)
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not an ncsn checkpoint (it lacks {', '.join(missing)})")
+    return migrate(state, path)
+
+
+def load_state(target: str | Path, map_location="cpu", read=None, quiet: bool = False) -> tuple[dict, Path]:
+    """A checkpoint file, or a run's newest *readable* one (the others skipped with a note), with its path.
+
+    ``read(path)`` (default :func:`read_state`) loads one file and raises :class:`CheckpointError` for
+    one that cannot be used.
+    """
+    read = read or (lambda path: read_state(path, map_location))
+    target = Path(target)
+    if target.is_dir():
+        return ckpt.load_newest(target, read, quiet=quiet)
+    if target.is_file():
+        return read(target), target
+    raise CheckpointError(f"checkpoint or run directory not found: {target}")
+
+
+#: the keys that decide the network's parameters: a checkpoint resumes only under the same values
+ARCHITECTURE_KEYS = ("data.channels", "data.image_size", "model.arch", "model.process", "model.ngf",
+                     "model.num_classes", "model.num_timesteps", "model.ch_mult", "model.num_res_blocks",
+                     "model.attn_resolutions", "model.scale_by_sigma")
+
+
+def check_architecture(saved: dict, config: dict, path: str | Path) -> None:
+    """A one-line error when ``config`` describes another network than the checkpoint's ``saved`` config."""
+    def value(cfg, name):
+        section, key = name.split(".")
+        return cfg.get(section, {}).get(key)
+
+    differ = [f"{name}={value(saved, name)!r} (config: {value(config, name)!r})" for name in ARCHITECTURE_KEYS
+              if value(saved, name) != value(config, name)]
+    if differ:
+        raise UserError(f"{path} holds another architecture than the config: {', '.join(differ)}; resume with the "
+                        f"checkpoint's settings or choose another --workdir")
+
+
+def load_weights_into(model: nn.Module, weights: dict, path: str | Path) -> None:
+    """``model.load_state_dict(weights)``, a mismatch reported as a one-line :class:`CheckpointError`."""
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{path} does not fit the network its config describes: {first}") from None
 
 
 def load_score_model(target: str | Path, use_ema: bool = True,
                      device: torch.device = torch.device("cpu")) -> tuple[nn.Module, dict, dict]:
-    """The score model saved in a checkpoint (or a run's newest), in eval mode.
+    """The score model saved in a checkpoint (or a run's newest readable one), in eval mode.
 
     Returns ``(model, config, info)`` with ``info`` the checkpoint path, step and whether the
     EMA weights were used.
     """
     from ncsn.device import apply_cpu_threads
 
-    state, path = load_state(target)
+    def read(path):
+        state = read_state(path)
+        model = build_score_model(state["config"])
+        load_weights_into(model, state["ema"] if use_ema and "ema" in state else state["model"], path)
+        return state, model
+
+    (state, model), path = load_state(target, read=read)
     config = state["config"]
     apply_cpu_threads(config, torch.device(device))
-    model = build_score_model(config)
-    weights = state["ema"] if use_ema and "ema" in state else state["model"]
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise UserError(f"{path} does not fit the network its config describes: {first}") from None
     model.to(device).eval().requires_grad_(False)
     info = {"checkpoint": str(path), "step": int(state["step"]), "ema": bool(use_ema and "ema" in state)}
     return model, config, info

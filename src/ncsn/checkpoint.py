@@ -5,20 +5,22 @@ plain dict of tensors and primitive values written with :func:`torch.save` to a
 temporary file in the same folder, flushed to disk, then moved into place with
 :func:`os.replace`, so a crash mid-write leaves every earlier checkpoint intact.
 Loading uses ``torch.load(weights_only=True)``: a pickle that would construct any
-other object (and so could run code) is refused.
+other object (and so could run code) is refused. A file that cannot be used says why
+(empty, truncated, not a checkpoint, corrupt), and :func:`load_newest` falls back to the
+newest checkpoint of a run that can be read, naming the ones it skipped.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
 
-from ncsn.errors import UserError
+from ncsn.atomic import atomic_write
+from ncsn.errors import CheckpointError, note
 
 _NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
 
@@ -28,24 +30,10 @@ def checkpoint_dir(workdir: str | Path) -> Path:
 
 
 def save_atomic(obj: dict, path: str | Path) -> Path:
-    """Write ``obj`` with torch.save to ``path`` atomically (temp file + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; checkpoints get the usual mode
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``obj`` with torch.save to ``path`` atomically (:func:`ncsn.atomic.atomic_write`)."""
+    with atomic_write(path) as handle:
+        torch.save(obj, handle)
+    return Path(path)
 
 
 def list_checkpoints(workdir: str | Path) -> list[tuple[int, Path]]:
@@ -62,52 +50,111 @@ def list_checkpoints(workdir: str | Path) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(workdir: str | Path, step: int, state: dict, keep: int = 3) -> Path:
-    """Save ``state`` as ``checkpoint_<step>.pt`` and delete all but the newest ``keep``."""
+    """Save ``state`` as ``checkpoint_<step>.pt`` and keep only the ``keep - 1`` checkpoints before it.
+
+    Files of later steps (ones a resumed run skipped as unreadable) are left alone.
+    """
     path = save_atomic(state, checkpoint_dir(workdir) / f"checkpoint_{step}.pt")
-    for _, old in list_checkpoints(workdir)[:-keep]:
+    older = [p for s, p in list_checkpoints(workdir) if s < step]
+    for old in older[: max(0, len(older) - (keep - 1))]:
         old.unlink(missing_ok=True)
     return path
 
 
 def resolve_checkpoint(target: str | Path) -> Path:
-    """A checkpoint file, or the newest checkpoint of a run directory."""
+    """A checkpoint file, or the newest checkpoint of a run directory (readable or not)."""
     target = Path(target)
     if target.is_file():
         return target
     if target.is_dir():
         found = list_checkpoints(target)
         if not found:
-            raise UserError(f"no checkpoint found in {checkpoint_dir(target)}")
+            raise CheckpointError(f"no checkpoint found in {checkpoint_dir(target)}")
         return found[-1][1]
-    raise UserError(f"checkpoint or run directory not found: {target}")
+    raise CheckpointError(f"checkpoint or run directory not found: {target}")
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a"  # torch.save's pre-zip format begins with a pickled long
+
+
+def what_is_wrong(path: str | Path, err: Exception, what: str = "checkpoint") -> str:
+    """Why ``torch.load`` could not read ``path``: empty, truncated, not a checkpoint at all, or corrupt."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as os_err:
+        return f"cannot read {what} {path}: {os_err.strerror or os_err}"
+    if size == 0:
+        return f"{what} {path} is empty (0 bytes)"
+    if head == _ZIP_MAGIC:
+        if not zipfile.is_zipfile(path):
+            return f"{what} {path} is truncated (it ends after {size} bytes, before the archive's directory)"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"{what} {path} is corrupt ({reason})"
+    if head.startswith(_LEGACY_TORCH_MAGIC):
+        return f"{what} {path} is truncated or corrupt ({type(err).__name__} reading its pickle)"
+    if head.startswith(_PICKLE_MAGIC):
+        return f"{what} {path} is not a {what} (a plain pickle, not a PyTorch archive)"
+    return f"{what} {path} is not a {what} (not a PyTorch archive: it starts with {head!r})"
 
 
 def load_plain(path: str | Path, what: str = "checkpoint", map_location="cpu"):
-    """``torch.load(path, weights_only=True)``: tensors and plain containers only, else a one-line UserError.
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, else a one-line
+    :class:`CheckpointError`.
 
     A pickle asking for objects other than tensors and plain values (which could execute
-    code) is refused; truncated or corrupt archives are reported as unreadable.
+    code) is refused; empty, truncated, foreign or corrupt files say which they are.
     """
+    if not Path(path).is_file():
+        raise CheckpointError(f"{what} not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        raise UserError(
+    except pickle.UnpicklingError as err:
+        if "weights_only" not in str(err) and "Unsupported" not in str(err):
+            raise CheckpointError(what_is_wrong(path, err, what)) from None
+        raise CheckpointError(
             f"refusing to load {path}: it is not a plain weights file (its pickle asks for objects "
             f"other than tensors and plain values, which could execute code)"
         ) from None
     except Exception as err:  # truncated or corrupt archives: RuntimeError, EOFError, ...
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot read {what} {path}: {reason}") from None
+        raise CheckpointError(what_is_wrong(path, err, what)) from None
 
 
 def load_weights(path: str | Path, what: str = "checkpoint", map_location="cpu") -> dict:
-    """:func:`load_plain` of a dict; anything else is a one-line UserError."""
+    """:func:`load_plain` of a dict; anything else is a one-line :class:`CheckpointError`."""
     state = load_plain(path, what, map_location)
     if not isinstance(state, dict):
-        raise UserError(f"{what} {path} does not hold a dict of weights")
+        raise CheckpointError(f"{what} {path} does not hold a dict of weights")
     return state
 
 
 def load_checkpoint(target: str | Path, map_location="cpu") -> dict:
     """Load a checkpoint (or a run's newest) without executing code; a crafted or corrupt file is a UserError."""
     return load_weights(resolve_checkpoint(target), "checkpoint", map_location)
+
+
+def load_newest(workdir: str | Path, read, quiet: bool = False):
+    """``(read(path), path)`` for the newest checkpoint of a run that ``read`` accepts.
+
+    ``read`` raises :class:`CheckpointError` for a file it cannot use; such files are skipped
+    (never deleted) and named in one note on stderr (unless ``quiet``). When none can be used,
+    the error says why for each.
+    """
+    found = list_checkpoints(workdir)
+    if not found:
+        raise CheckpointError(f"no checkpoint found in {checkpoint_dir(workdir)}")
+    skipped = []
+    for _, path in reversed(found):
+        try:
+            result = read(path)
+        except CheckpointError as err:
+            skipped.append(str(err))
+            continue
+        if skipped and not quiet:
+            note(f"using {path.name}, the newest readable checkpoint; skipped (not deleted): {'; '.join(skipped)}")
+        return result, path
+    raise CheckpointError(f"no readable checkpoint in {checkpoint_dir(workdir)}: {'; '.join(skipped)}")

@@ -3,8 +3,11 @@
 Each sub-command lives in its own module under ``ncsn.commands`` exposing
 ``add_parser(subparsers)``, which registers the sub-command and sets ``func``
 (called with the parsed namespace, returning an exit code). Errors a user can
-fix (bad config, missing data, unsafe checkpoint, ...) are raised as
-:class:`ncsn.errors.UserError` and reported as one line with exit code 2.
+fix (bad arguments, bad config, missing data, unsafe checkpoint, a file that
+cannot be written, ...) are reported as one line on stderr with exit code 2 and
+no traceback: bad arguments by the parser, the rest raised as
+:class:`ncsn.errors.UserError` (an :class:`OSError` that escapes, say a full disk
+while reading, as one line with exit code 1).
 """
 
 from __future__ import annotations
@@ -21,8 +24,15 @@ COMMANDS = ["toy", "train", "sample", "inpaint", "eval", "compare", "reproduce",
             "import_checkpoint"]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: the message and where to find help (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ncsn", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="ncsn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -37,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a bad argument (already reported in one line)
+        return done.code if isinstance(done.code, int) else 2
     args.argv = argv  # for --procs, which re-runs the command under torchrun
     if under_launcher():
         faulthandler.enable()  # a rank that dies of a signal prints where it was
@@ -46,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"ncsn {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the system refused (no space, no permission, ...) somewhere not checked above
+        where = f": {err.filename}" if err.filename else ""
+        print(f"ncsn {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"ncsn {args.command}: interrupted", file=sys.stderr)
         return 130

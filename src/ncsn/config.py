@@ -1,16 +1,20 @@
 """Experiment configuration: YAML files with ermongroup/ncsn's key names, strictly checked.
 
 A config is a two-level mapping ``section -> key -> value``. Every key has a default
-in :data:`DEFAULTS`; a file or a ``--set section.key=value`` override naming a key that
-does not exist is an error (with a suggestion), and so is a value of the wrong type.
+in :data:`DEFAULTS` and an allowed range in :func:`key_rules`; a file or a ``--set
+section.key=value`` override naming a key that does not exist is an error (with a
+suggestion), and so is a value of the wrong type or out of its range (one line naming the
+key, the value and the range).
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -197,56 +201,106 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return config
 
 
-def validate(config: dict) -> None:
-    """Check cross-key constraints that types alone cannot express."""
+@dataclass(frozen=True)
+class Rule:
+    """What values a config key allows: ``ok(value)`` and the allowed range in words."""
+
+    ok: Callable[[Any], bool]
+    allowed: str
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def at_least(low, strict: bool = False) -> Rule:
+    """A finite number >= ``low`` (> ``low`` when ``strict``)."""
+    return Rule(lambda v: _finite(v) and (v > low if strict else v >= low), f"{'>' if strict else '>='} {low}")
+
+
+def between(low, high, high_open: bool = True, low_open: bool = False) -> Rule:
+    """A finite number in the interval from ``low`` to ``high`` (open at the ends asked for)."""
+    def ok(v):
+        return _finite(v) and (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+
+    return Rule(ok, f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
+
+
+def one_of(*choices) -> Rule:
+    return Rule(lambda v: v in choices, f"one of {', '.join(map(str, choices))}")
+
+
+def each(rule: Rule, nonempty: bool = False) -> Rule:
+    """A list whose items all satisfy ``rule`` (and which has at least one item when ``nonempty``)."""
+    return Rule(lambda v: (len(v) > 0 or not nonempty) and all(rule.ok(x) for x in v),
+                f"a {'non-empty ' if nonempty else ''}list of integers {rule.allowed}")
+
+
+ANY = Rule(lambda v: True, "any value of the key's type")
+PATH_OR_NULL = Rule(lambda v: v is None or isinstance(v, str), "a path or null")
+
+
+def key_rules() -> dict[str, Rule]:
+    """The allowed range of every config key (``section.key -> Rule``); types are checked on merge."""
+    from ncsn.data.images import DATASET_NAMES
     from ncsn.processes import PROCESSES
     from ncsn.sampling import CORRECTORS, PREDICTORS, SOLVERS, VARIANCES
     from ncsn.sigmas import BETA_SCHEDULES, SCHEDULES
 
-    t, m, d, sp = config["training"], config["model"], config["data"], config["sampling"]
+    positive, count, unit = at_least(0, strict=True), at_least(0), between(0, 1)
+    return {
+        "training.batch_size": at_least(1), "training.n_iters": count, "training.snapshot_freq": at_least(1),
+        "training.keep_checkpoints": at_least(1), "training.log_freq": at_least(1), "training.sample_freq": count,
+        "training.sample_n": at_least(1), "training.seed": count,
+        "training.divergence_factor": at_least(1, strict=True),
+        "training.amp": one_of("off", "bf16", "fp16"), "training.compile": ANY, "training.compile_backend": ANY,
+        "training.channels_last": ANY, "training.cpu_threads": count, "training.num_workers": count,
+        "training.objective": one_of(*OBJECTIVES),
+        "data.dataset": one_of(*DATASET_NAMES), "data.root": PATH_OR_NULL, "data.download": ANY,
+        "data.image_size": at_least(4), "data.channels": one_of(1, 3), "data.random_flip": ANY,
+        "data.logit_transform": ANY, "data.dequantize": ANY,
+        "model.sigma_begin": positive, "model.sigma_end": positive, "model.num_classes": at_least(1),
+        "model.ngf": at_least(1), "model.ema_rate": unit, "model.ema": ANY, "model.scale_by_sigma": ANY,
+        "model.arch": one_of(*ARCHS), "model.process": one_of(*PROCESSES), "model.num_timesteps": at_least(2),
+        "model.beta_schedule": one_of(*BETA_SCHEDULES), "model.beta_start": between(0, 1, low_open=True),
+        "model.beta_end": between(0, 1, low_open=True), "model.ch_mult": each(at_least(1), nonempty=True),
+        "model.num_res_blocks": at_least(1), "model.attn_resolutions": each(at_least(1)), "model.dropout": unit,
+        "model.numerics": one_of(1, 2),
+        "optim.lr": positive, "optim.beta1": unit, "optim.weight_decay": count, "optim.amsgrad": ANY,
+        "optim.eps": positive, "optim.grad_clip": count, "optim.warmup": count,
+        "sampling.method": one_of(*SAMPLERS), "sampling.sigmas": one_of(*SCHEDULES), "sampling.n_levels": count,
+        "sampling.rho": positive, "sampling.solver": one_of(*SOLVERS), "sampling.snr": positive,
+        "sampling.n_corrector": count, "sampling.predictor": one_of(*PREDICTORS),
+        "sampling.corrector": one_of(*CORRECTORS), "sampling.eta": between(0, 1, high_open=False),
+        "sampling.variance": one_of(*VARIANCES), "sampling.clip_x0": count, "sampling.step_lr": positive,
+        "sampling.n_steps_each": at_least(1), "sampling.denoise": ANY, "sampling.batch_size": at_least(1),
+    }
+
+
+def check_ranges(config: dict) -> None:
+    """Each key's value against :func:`key_rules`: the first one out of range is a one-line error."""
+    for name, rule in key_rules().items():
+        section, key = name.split(".")
+        value = config[section][key]
+        if not rule.ok(value):
+            raise UserError(f"config key {name} = {value!r} is out of range (allowed: {rule.allowed})")
+
+
+def validate(config: dict) -> None:
+    """Check every key's range (:func:`check_ranges`), then the constraints between keys."""
+    check_ranges(config)
+    m, sp = config["model"], config["sampling"]
     checks = [
-        (t["batch_size"] >= 1, "training.batch_size must be >= 1"),
-        (t["n_iters"] >= 0, "training.n_iters must be >= 0"),
-        (t["snapshot_freq"] >= 1, "training.snapshot_freq must be >= 1"),
-        (t["keep_checkpoints"] >= 1, "training.keep_checkpoints must be >= 1"),
-        (t["amp"] in ("off", "bf16", "fp16"), "training.amp must be off, bf16 or fp16"),
-        (m["sigma_begin"] > m["sigma_end"] > 0, "model.sigma_begin must exceed model.sigma_end > 0"),
-        (m["num_classes"] >= 1, "model.num_classes must be >= 1"),
-        (0.0 <= m["ema_rate"] < 1.0, "model.ema_rate must be in [0, 1)"),
-        (d["channels"] in (1, 3), "data.channels must be 1 or 3"),
-        (d["image_size"] >= 4, "data.image_size must be >= 4"),
-        (config["sampling"]["step_lr"] > 0, "sampling.step_lr must be > 0"),
-        (config["optim"]["lr"] > 0, "optim.lr must be > 0"),
-        (config["optim"]["warmup"] >= 0, "optim.warmup must be >= 0"),
-        (t["objective"] in OBJECTIVES, f"training.objective must be one of {', '.join(OBJECTIVES)}"),
-        (m["arch"] in ARCHS, f"model.arch must be one of {', '.join(ARCHS)}"),
-        (m["numerics"] in (1, 2), "model.numerics must be 1 (this project's) or 2 (the reference code's)"),
-        (not m["arch"].startswith("ncsnv2") or m["process"] == "ve", f"model.arch={m['arch']} needs model.process=ve"),
-        (m["process"] in PROCESSES, f"model.process must be one of {', '.join(PROCESSES)}"),
-        (m["num_timesteps"] >= 2, "model.num_timesteps must be >= 2"),
-        (m["beta_schedule"] in BETA_SCHEDULES, f"model.beta_schedule must be one of {', '.join(BETA_SCHEDULES)}"),
-        (0 < m["beta_start"] <= m["beta_end"] < 1, "need 0 < model.beta_start <= model.beta_end < 1"),
-        (len(m["ch_mult"]) >= 1 and min(m["ch_mult"]) >= 1, "model.ch_mult must be a non-empty list of positive integers"),
-        (m["num_res_blocks"] >= 1, "model.num_res_blocks must be >= 1"),
-        (0.0 <= m["dropout"] < 1.0, "model.dropout must be in [0, 1)"),
-        (m["ngf"] >= 1, "model.ngf must be >= 1"),
-        (config["sampling"]["method"] in SAMPLERS, f"sampling.method must be one of {', '.join(SAMPLERS)}"),
-        (config["sampling"]["variance"] in VARIANCES, f"sampling.variance must be one of {', '.join(VARIANCES)}"),
-        (config["sampling"]["n_levels"] >= 0, "sampling.n_levels must be >= 0"),
-        (config["sampling"]["clip_x0"] >= 0, "sampling.clip_x0 must be >= 0 (0: off)"),
-        (config["sampling"]["n_steps_each"] >= 1, "sampling.n_steps_each must be >= 1"),
-        (sp["sigmas"] in SCHEDULES, f"sampling.sigmas must be one of {', '.join(SCHEDULES)}"),
+        (m["sigma_begin"] > m["sigma_end"],
+         f"model.sigma_begin must exceed model.sigma_end (got {m['sigma_begin']} and {m['sigma_end']})"),
+        (m["beta_start"] <= m["beta_end"],
+         f"model.beta_start must not exceed model.beta_end (got {m['beta_start']} and {m['beta_end']})"),
+        (not m["arch"].startswith("ncsnv2") or m["process"] == "ve",
+         f"model.arch={m['arch']} needs model.process=ve"),
         (sp["sigmas"] == "trained" or sp["n_levels"] >= 2,
          f"sampling.sigmas={sp['sigmas']} needs sampling.n_levels >= 2 (how many levels to visit)"),
-        (sp["rho"] > 0, "sampling.rho must be > 0"),
-        (sp["solver"] in SOLVERS, f"sampling.solver must be one of {', '.join(SOLVERS)}"),
-        (sp["snr"] > 0, "sampling.snr must be > 0"),
-        (sp["n_corrector"] >= 0, "sampling.n_corrector must be >= 0"),
-        (sp["predictor"] in PREDICTORS, f"sampling.predictor must be one of {', '.join(PREDICTORS)}"),
-        (sp["corrector"] in CORRECTORS, f"sampling.corrector must be one of {', '.join(CORRECTORS)}"),
         (not (sp["predictor"] == "none" and (sp["corrector"] == "none" or sp["n_corrector"] == 0)),
          "sampling.predictor=none needs a corrector (sampling.corrector=langevin, sampling.n_corrector >= 1)"),
-        (0.0 <= sp["eta"] <= 1.0, "sampling.eta must be in [0, 1] (0: automatic)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -254,7 +308,10 @@ def validate(config: dict) -> None:
 
 
 def dump_config(config: dict, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config, sort_keys=False))
+    """Write ``config`` as YAML to ``path`` (atomically)."""
+    from ncsn.atomic import write_text
+
+    write_text(path, yaml.safe_dump(config, sort_keys=False))
 
 
 def packaged_config(name: str) -> Path:

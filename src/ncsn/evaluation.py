@@ -13,11 +13,13 @@ import hashlib
 import json
 import math
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ncsn.atomic import atomic_write, write_text
 from ncsn.errors import UserError
 
 METRICS = ("fid", "is", "kid", "pr", "dc", "bpd")
@@ -185,21 +187,47 @@ def ddpm_bits_per_dim(model, config: dict, split: str = "test", limit: int | Non
 
 def real_features(extractor, dataset: str, root: str | None, split: str, image_size: int, channels: int,
                   limit: int | None = None, progress: bool = True, download: bool = False) -> dict:
-    """Features of the real images, cached on disk per (dataset, split, size, extractor weights, n)."""
-    key = f"{dataset}|{root}|{split}|{image_size}|{channels}|{extractor.name}|{extractor.weights_sha256}|{limit}"
+    """Features of the real images, cached on disk.
+
+    The cache is keyed by :func:`features_key`: the images' content (a fingerprint of the pixels, or of
+    the files' names, sizes and times), the extractor's name and weights checksum and the settings, so a
+    changed dataset or extractor is never served stale features. A cache file that cannot be read, or
+    whose recorded key differs, is recomputed (and rewritten atomically).
+    """
+    data = open_split(dataset, root, split, image_size, channels, download, progress)
+    n = len(data) if limit is None else min(limit, len(data))
+    key = features_key(data, n, extractor)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = cache_dir() / "features" / f"{dataset}-{split}-{extractor.name}-{digest}.npz"
-    if path.exists():
-        with np.load(path) as cached:
-            return {"features": cached["features"].astype(np.float64), "probs": cached["probs"],
-                    "n": int(cached["features"].shape[0]), "cache": str(path)}
-    images = load_real_images(dataset, root, split, image_size, channels, limit, download, progress)
+    cached = _read_features_cache(path, key)
+    if cached is not None:
+        return {**cached, "n": int(cached["features"].shape[0]), "cache": str(path)}
+    images = data.get_batch(torch.arange(n))
     out = extractor.extract(images, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, features=out["features"].astype(np.float32), probs=out["probs"].astype(np.float32))
-    os.replace(tmp, path)
+    with atomic_write(path) as handle:
+        np.savez(handle, features=out["features"].astype(np.float32), probs=out["probs"].astype(np.float32),
+                 key=np.array(key))
     return {"features": out["features"], "probs": out["probs"], "n": int(images.shape[0]), "cache": str(path)}
+
+
+def features_key(data, n: int, extractor) -> str:
+    """What the reference features depend on: the first ``n`` images' content, the extractor and its weights."""
+    return json.dumps({"format": 2, "dataset": data.name, "split": data.split, "n": n, "size": data.image_size,
+                       "channels": data.channels, "content_sha256": data.fingerprint(n), "extractor": extractor.name,
+                       "extractor_weights_sha256": extractor.weights_sha256}, sort_keys=True)
+
+
+def _read_features_cache(path: Path, key: str) -> dict | None:
+    """The cached features at ``path`` if it is readable and was made for ``key``, else None."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            if "key" not in cached.files or str(cached["key"]) != key:
+                return None
+            return {"features": cached["features"].astype(np.float64), "probs": cached["probs"]}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
 
 
 def compute_metrics(names: list[str], fake: dict, real: dict, seed: int = 0) -> dict:
@@ -255,6 +283,4 @@ def format_table(rows: list[dict], names: list[str]) -> str:
 
 
 def write_json(path: str | Path, payload: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_text(path, json.dumps(payload, indent=2) + "\n")

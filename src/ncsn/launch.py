@@ -21,7 +21,9 @@ MAX_AUTO_CPU_PROCS = 8
 
 
 def add_procs_argument(parser) -> None:
-    parser.add_argument("--procs", default="1", metavar="N|auto",
+    from ncsn.argtypes import procs
+
+    parser.add_argument("--procs", default="1", type=procs, metavar="N|auto",
                         help="run as N processes under torchrun (data-parallel; auto: the GPUs, or the CPU cores, "
                              "default 1)")
 

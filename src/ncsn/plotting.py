@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ncsn.atomic import atomic_write
 
 
 def make_grid(images: torch.Tensor | np.ndarray, nrow: int | None = None, pad: int = 1,
@@ -40,10 +41,9 @@ def save_image_grid(images, path: str | Path, nrow: int | None = None, scale: in
     picture = Image.fromarray(array[:, :, 0] if mode == "L" else array, mode=mode)
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path)
-    return path
+    with atomic_write(path) as handle:
+        picture.save(handle, format="PNG")
+    return Path(path)
 
 
 def save_strip(levels: list[torch.Tensor], path: str | Path) -> Path:
@@ -63,11 +63,10 @@ def save_loss_curve(log_csv: str | Path, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps, losses = [], []
-    with open(log_csv, newline="") as handle:
-        for row in csv.DictReader(handle):
-            steps.append(int(row["step"]))
-            losses.append(float(row["loss"]))
+    from ncsn.runlog import FIELDS, read_rows
+
+    rows = read_rows(log_csv, FIELDS)
+    steps, losses = [int(row["step"]) for row in rows], [float(row["loss"]) for row in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     ax.plot(steps, losses, lw=1.2)
     ax.set_xlabel("step")
@@ -84,7 +83,9 @@ def save_figure(fig, path: str | Path) -> Path:
 
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_write(path) as handle:
+            fig.savefig(handle, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path

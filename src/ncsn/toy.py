@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ncsn.atomic import ensure_folder, write_text
 from ncsn.data.toy import GaussianMixture, get_toy
 from ncsn.device import resolve_device, single_cpu_thread
 from ncsn.energy import EnergyScore
@@ -282,6 +283,7 @@ def _run_toy(out: Path, dist: str, objective: str, steps: int, seed: int, dev: t
     settings = toy_settings(dist)
     toy = get_toy(dist)
     sigmas = settings.sigmas().to(dev)
+    ensure_folder(out)  # before the work: an output that cannot be written fails at once
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -329,8 +331,7 @@ def _run_toy(out: Path, dist: str, objective: str, steps: int, seed: int, dev: t
         "final_loss": sum(losses[-50:]) / len(losses[-50:]),
         **metrics,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     plot_toy(out / "toy.png", reference, samples, model, toy, settings, metrics, dev,
              title=f"{dist}: {objective}{' (energy)' if energy else ''}, {steps} steps, seed {seed}")
     return result

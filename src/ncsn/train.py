@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import math
 import signal
 import time
@@ -34,11 +33,12 @@ import torch
 from torch import nn
 
 from ncsn import checkpoint as ckpt
-from ncsn import distributed
+from ncsn import distributed, runlog
 from ncsn.config import dump_config
 from ncsn.data.transforms import dequantize, flip_where, logit_transform
 from ncsn.errors import DivergenceError, UserError
-from ncsn.build import CHECKPOINT_VERSION, build_score_model, load_state, make_sigmas, objective_of
+from ncsn.build import (CHECKPOINT_VERSION, build_score_model, load_state, load_weights_into, make_sigmas,
+                        objective_of)
 from ncsn.losses import ddpm_loss, ncsn_loss
 from ncsn.models.score_model import eps_fn_of
 
@@ -207,20 +207,9 @@ def _autocast(config: dict, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log rows written after ``step`` (they belong to work lost since that checkpoint)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
-    with open(path, "w", newline="") as handle:
-        csv.writer(handle).writerows(kept)
-
-
 ARCH_NAMES = {"refinenet": "RefineNet", "ncsnv2": "NCSNv2", "ncsnv2_deeper": "NCSNv2Deeper",
               "ncsnv2_deepest": "NCSNv2Deepest", "unet": "U-Net"}
-LOG_FIELDS = ["step", "loss", "lr", "steps_per_s", "elapsed_s"]
+LOG_FIELDS = runlog.FIELDS
 
 
 def describe_run(config: dict, dataset, model: nn.Module, process, ctx: distributed.Context,
@@ -247,7 +236,41 @@ def train(config: dict, workdir: str | Path, resume: bool = False, device: str =
     from ncsn.device import resolve_device
 
     with distributed.session(resolve_device(device)) as ctx:
-        return _train(config, Path(workdir), resume, ctx, max_steps, progress)
+        with _writer_lock(Path(workdir), ctx):
+            return _train(config, Path(workdir), resume, ctx, max_steps, progress)
+
+
+@contextlib.contextmanager
+def _writer_lock(workdir: Path, ctx: distributed.Context):
+    """Rank 0 (the only rank that writes) holds the run directory's lock; every rank learns if it failed."""
+    from ncsn.runlock import RunLocked, run_lock
+
+    with contextlib.ExitStack() as stack:
+        failure = None
+        if ctx.is_main:
+            try:
+                stack.enter_context(run_lock(workdir))
+            except UserError as err:
+                failure = err
+        if distributed.any_flag(ctx, failure is not None):
+            raise failure or RunLocked(f"rank 0 could not lock {workdir}")
+        yield
+
+
+def resume_state(config: dict, workdir: Path, ctx: distributed.Context) -> dict:
+    """The newest checkpoint of ``workdir`` that can be resumed, checked against ``config``'s architecture.
+
+    Unreadable checkpoints are skipped (rank 0 names them); one written for another network is an error.
+    """
+    from ncsn.build import RESUME_KEYS, check_architecture, read_state
+
+    def read(path):
+        state = read_state(path, map_location=ctx.device, required=RESUME_KEYS)
+        check_architecture(state["config"], config, path)
+        return state
+
+    state, _ = load_state(workdir, read=read, quiet=not ctx.is_main)
+    return state
 
 
 def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,
@@ -281,10 +304,14 @@ def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,
 
     start = 0
     if resume and existing:
-        state, _ = load_state(existing[-1][1], map_location=ctx.device)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
+        state = resume_state(config, workdir, ctx)
+        load_weights_into(model, state["model"], f"step {state['step']}'s checkpoint")
+        load_weights_into(ema, state["ema"], f"step {state['step']}'s checkpoint")
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise UserError(f"step {state['step']}'s checkpoint holds an optimiser state that does not fit: "
+                            f"{err}") from None
         if "scaler" in state and state["scaler"]:
             scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
@@ -300,12 +327,8 @@ def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,
 
     log_path = workdir / "log.csv"
     if ctx.is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
         dump_config(config, workdir / "config.yaml")
-        _truncate_log(log_path, start)
-        if not log_path.exists():
-            with open(log_path, "w", newline="") as handle:
-                csv.writer(handle).writerow(LOG_FIELDS)
+        runlog.repair(log_path, start, LOG_FIELDS)
 
     def snapshot(step: int) -> Path | None:
         if not ctx.is_main:
@@ -332,12 +355,11 @@ def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,
         bar.write(f"torch.compile (backend {t['compile_backend']}): the first step compiles the network, which can "
                   f"take minutes (about 5 for RefineNet with inductor on a 2-core CPU); torch caches the result")
     running = None
-    last_saved = existing[-1][0] if (resume and existing) else None
+    last_saved = start if (resume and existing) else None
     began, status = time.perf_counter(), "finished"
     logged_at, logged_step = began, start  # steps/s in the log is over the last log interval
     step = start
-    with _StopSignals() as stop, open(log_path, "a", newline="") if ctx.is_main else contextlib.nullcontext() as log:
-        writer = csv.writer(log) if ctx.is_main else None
+    with _StopSignals() as stop, runlog.Appender(log_path) if ctx.is_main else contextlib.nullcontext() as log:
         while step < end:
             draws = draw_step(config, len(dataset), shape, step, ctx, process.num_levels)
             images = dataset.get_batch(draws.indices).to(ctx.device, non_blocking=True)
@@ -384,10 +406,8 @@ def _train(config: dict, workdir: Path, resume: bool, ctx: distributed.Context,
             if ctx.is_main and (step % t["log_freq"] == 0 or step == end):
                 now = time.perf_counter()
                 rate = (step - logged_step) / max(now - logged_at, 1e-9)
-                writer.writerow([step, f"{value:.6f}", optimizer.param_groups[0]["lr"], f"{rate:.3f}",
-                                 f"{now - began:.1f}"])
+                log.write([step, f"{value:.6f}", optimizer.param_groups[0]["lr"], f"{rate:.3f}", f"{now - began:.1f}"])
                 logged_at, logged_step = now, step
-                log.flush()
             if t["sample_freq"] and step % t["sample_freq"] == 0 and ctx.is_main:
                 _sample_grid(config, ema, sigmas, workdir / "samples" / f"step_{step:07d}.png")
             interrupted = distributed.any_flag(ctx, stop.received is not None)

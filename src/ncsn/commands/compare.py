@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ncsn.argtypes import nonnegative_int
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -19,7 +21,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a key of the base config (repeatable)")
     p.add_argument("--out", required=True, metavar="DIR", help="where the runs, samples and report go")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ncsn.argtypes import nonnegative_int, positive_float, positive_int
 from ncsn.errors import UserError
 from ncsn.launch import add_procs_argument
 
@@ -24,16 +26,17 @@ def add_parser(subparsers) -> None:
                    help="reference split (default: train, as FID on CIFAR-10 is usually reported)")
     p.add_argument("--download", action="store_true",
                    help="fetch MNIST / CIFAR-10 into --data-root when they are not there (MD5-checked)")
-    p.add_argument("--real-n", type=int, help="use at most this many reference images, and held-out images for bpd "
-                                              "(default: all)")
-    p.add_argument("--n", "--num-samples", dest="n", type=int, default=1000,
+    p.add_argument("--real-n", type=positive_int,
+                   help="use at most this many reference images, and held-out images for bpd (default: all)")
+    p.add_argument("--n", "--num-samples", dest="n", type=positive_int, default=1000,
                    help="samples to generate (default 1000; under torchrun spell it --num-samples)")
     p.add_argument("--metrics", default="fid,is,kid,pr",
                    help="comma list of fid, is, kid, pr, dc, bpd (bpd: bits/dim on the held-out split, the exact "
                         "likelihood through the probability-flow ODE, and for VP models also DDPM's variational "
                         "bound, bpd_vlb)")
-    p.add_argument("--ode-tol", type=float, default=1e-5, help="bpd: the ODE solver's rtol = atol (default 1e-5)")
-    p.add_argument("--probes", type=int, default=1, help="bpd: Hutchinson probes per image (default 1)")
+    p.add_argument("--ode-tol", type=positive_float, default=1e-5,
+                   help="bpd: the ODE solver's rtol = atol (default 1e-5)")
+    p.add_argument("--probes", type=positive_int, default=1, help="bpd: Hutchinson probes per image (default 1)")
     p.add_argument("--every-checkpoint", action="store_true",
                    help="evaluate each saved checkpoint of the run; writes a metric-vs-step table and plot")
     p.add_argument("--baselines", action="store_true",
@@ -41,10 +44,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth for CIFAR-10/CelebA/folders")
     p.add_argument("--classifier", help="classifier weights giving the features for mnist (from train-classifier)")
     p.add_argument("--out", help="JSON to write (default: WORKDIR/eval.json, or eval.json)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--no-ema", action="store_true", help="sample with the raw weights instead of the EMA weights")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="sampling.KEY=VALUE")
-    p.add_argument("--batch-size", type=int, help="sampler batch size (default: sampling.batch_size)")
+    p.add_argument("--batch-size", type=positive_int, help="sampler batch size (default: sampling.batch_size)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     add_procs_argument(p)
@@ -54,30 +57,48 @@ def add_parser(subparsers) -> None:
 def read_fake(path: str | Path) -> tuple[torch.Tensor, dict]:
     """Samples from an .npz (key ``samples``, ``(N, C, H, W)`` floats in [0, 1]), checked,
     with the provenance ``ncsn sample`` records beside them (checkpoint, step, sampler)."""
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise UserError(f"cannot read samples from {path}: the file is empty")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if "samples" not in data:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"cannot read samples from {path}: {_first_line(err)}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise UserError(f"{path} is a bare array, not an .npz archive with an array named 'samples'")
+    try:
+        with data:
+            if "samples" not in data.files:
                 raise UserError(f"{path} has no array named 'samples' (found: {', '.join(data.files) or 'none'})")
             samples = data["samples"]
-            provenance = json.loads(str(data["provenance"])) if "provenance" in data else {}
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read samples from {path}: {err}") from None
+            provenance = json.loads(str(data["provenance"])) if "provenance" in data.files else {}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"cannot read samples from {path}: {_first_line(err)}") from None
     if samples.ndim != 4 or samples.shape[1] not in (1, 3):
         raise UserError(f"{path}: samples must have shape (N, C, H, W) with C in (1, 3), got {samples.shape}")
+    if samples.dtype.kind not in "fiu" or samples.size == 0:
+        raise UserError(f"{path}: samples must be a non-empty array of numbers in [0, 1], got {samples.size} of "
+                        f"dtype {samples.dtype}")
     samples = samples.astype(np.float32)
-    if not np.isfinite(samples).all() or samples.min() < -1e-3 or samples.max() > 1 + 1e-3:
+    finite = np.isfinite(samples)
+    if not finite.all():
+        raise UserError(f"{path}: samples must be finite floats in [0, 1] ({samples.size - int(finite.sum())} of "
+                        f"{samples.size} values are NaN or infinite)")
+    if samples.min() < -1e-3 or samples.max() > 1 + 1e-3:
         raise UserError(f"{path}: samples must be finite floats in [0, 1] "
-                        f"(found range [{np.nanmin(samples):.3g}, {np.nanmax(samples):.3g}])")
+                        f"(found range [{samples.min():.3g}, {samples.max():.3g}])")
     return torch.from_numpy(samples).clamp(0, 1), provenance
 
 
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def run(args) -> int:
-    from ncsn import checkpoint as ckpt
     from ncsn import distributed
     from ncsn import evaluation as ev
     from ncsn.commands.sample import apply_sampling_overrides
     from ncsn.device import resolve_device
-    from ncsn.generate import generate, load_model_for_sampling, sampler_settings
+    from ncsn.generate import generate, sampler_settings
     from ncsn.metrics.features import get_extractor
 
     names = ev.parse_metrics(args.metrics)
@@ -102,13 +123,8 @@ def run(args) -> int:
             root = args.data_root
             sources = [({"samples": str(args.fake), **provenance}, fake_images, f"samples {Path(args.fake).name}")]
         else:
-            targets = ([p for _, p in ckpt.list_checkpoints(args.target)] if args.every_checkpoint
-                       else [ckpt.resolve_checkpoint(args.target)])
-            if not targets:
-                raise UserError(f"no checkpoint found in {args.target}")
             sources = []
-            for path in targets:
-                model, config, info = load_model_for_sampling(path, use_ema=not args.no_ema, device=ctx.device)
+            for model, config, info in checkpoints_to_evaluate(args, ctx):
                 config = apply_sampling_overrides(config, args.overrides)
                 meta = {"checkpoint": info["checkpoint"], "step": info["step"], "ema": info["ema"],
                         "seed": args.seed, **sampler_settings(config)}
@@ -174,6 +190,34 @@ def run(args) -> int:
     return 0
 
 
+def checkpoints_to_evaluate(args, ctx):
+    """``(model, config, info)`` of the target's newest readable checkpoint, or with ``--every-checkpoint``
+    of each readable one (the others named in one note on stderr, and left in place)."""
+    from ncsn import checkpoint as ckpt
+    from ncsn.errors import CheckpointError, note
+    from ncsn.generate import load_model_for_sampling
+
+    if not args.every_checkpoint:
+        yield load_model_for_sampling(args.target, use_ema=not args.no_ema, device=ctx.device)
+        return
+    found = ckpt.list_checkpoints(args.target)
+    if not found:
+        raise CheckpointError(f"no checkpoint found in {ckpt.checkpoint_dir(args.target)}")
+    skipped = []
+    for _, path in found:  # one model at a time
+        try:
+            loaded = load_model_for_sampling(path, use_ema=not args.no_ema, device=ctx.device)
+        except CheckpointError as err:
+            skipped.append(str(err))
+            continue
+        yield loaded
+    if len(skipped) == len(found):
+        raise CheckpointError(f"no readable checkpoint in {ckpt.checkpoint_dir(args.target)}: {'; '.join(skipped)}")
+    if skipped and ctx.is_main:
+        note(f"evaluated {len(found) - len(skipped)} of {len(found)} checkpoints; skipped (not deleted): "
+             f"{'; '.join(skipped)}")
+
+
 def likelihood_values(meta: dict) -> dict:
     return {name: value for name, (value, _) in meta.get("likelihood", {}).items()}
 
@@ -203,12 +247,13 @@ def write_metric_vs_step(rows: list[dict], names: list[str], stem: Path) -> list
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ncsn.atomic import atomic_write
     from ncsn.plotting import save_figure
 
     steps = [r for r in rows if "step" in r["protocol"]]
     keys = sorted({k for r in steps for k in r["metrics"]})
     csv_path, png_path = stem.with_suffix(".csv"), stem.with_suffix(".png")
-    with open(csv_path, "w", newline="") as handle:
+    with atomic_write(csv_path, "w") as handle:
         writer = csv.writer(handle)
         writer.writerow(["step"] + keys)
         for r in steps:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ncsn.argtypes import nonnegative_int, positive_int
 from ncsn.errors import UserError
 
 MASK_NAMES = ("right", "left", "bottom", "top", "center")
@@ -19,12 +20,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("target", help="a run directory (its newest checkpoint) or a checkpoint file")
     p.add_argument("--image", default="dataset",
                    help="an image file, or 'dataset' to take --n-images from the run's dataset (default)")
-    p.add_argument("--n-images", type=int, default=8, help="images taken from the dataset (default 8)")
+    p.add_argument("--n-images", type=positive_int, default=8, help="images taken from the dataset (default 8)")
     p.add_argument("--mask", default="right",
                    help=f"one of {', '.join(MASK_NAMES)} (the occluded part), or a mask image (white = known)")
-    p.add_argument("--completions", type=int, default=4, help="completions per image (default 4)")
+    p.add_argument("--completions", type=positive_int, default=4, help="completions per image (default 4)")
     p.add_argument("--out", default="inpainting.png", help="PNG grid: occluded input, completions, original")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--no-ema", action="store_true")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="sampling.KEY=VALUE",
                    help="sampler settings (step_lr, n_steps_each, denoise, sigmas, n_levels); inpainting uses "

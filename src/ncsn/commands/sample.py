@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+from ncsn.argtypes import nonnegative_int, positive_int
 from ncsn.launch import add_procs_argument
 
 
@@ -13,18 +13,18 @@ def add_parser(subparsers) -> None:
                               description="Sample a trained score model with sampling.method (NCSN Algorithm 1 "
                                           "for VE models, DDPM Algorithm 2 for VP ones by default) and save a grid.")
     p.add_argument("target", help="a run directory (its newest checkpoint) or a checkpoint file")
-    p.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
+    p.add_argument("--n", "--num-samples", dest="n", type=positive_int, default=64,
                    help="number of samples (default 64; under torchrun spell it --num-samples)")
     p.add_argument("--out", default="samples.png", help="PNG grid to write")
-    p.add_argument("--grid-n", type=int, default=100, help="samples shown in the grid (default: up to 100)")
+    p.add_argument("--grid-n", type=positive_int, default=100, help="samples shown in the grid (default: up to 100)")
     p.add_argument("--npz", help="also write the raw samples: key 'samples', (N, C, H, W) floats in [0, 1]")
     p.add_argument("--strip", help="also write the samples along the sampler's way (each noise level) as one picture")
-    p.add_argument("--strip-n", type=int, default=8, help="samples shown in the strip (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the initial noise and Langevin noise")
+    p.add_argument("--strip-n", type=positive_int, default=8, help="samples shown in the strip (default 8)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed for the initial noise and Langevin noise")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="sampling.KEY=VALUE",
                    help="override a sampling key, e.g. --set sampling.n_steps_each=50")
-    p.add_argument("--batch-size", type=int, help="samples per batch (default: sampling.batch_size)")
+    p.add_argument("--batch-size", type=positive_int, help="samples per batch (default: sampling.batch_size)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument("--no-progress", action="store_true")
     add_procs_argument(p)
@@ -49,13 +49,11 @@ def run(args) -> int:
     import numpy as np
 
     from ncsn import distributed
+    from ncsn.atomic import atomic_write
     from ncsn.device import resolve_device
-    from ncsn.errors import UserError
     from ncsn.generate import generate, load_model_for_sampling, sampler_settings
     from ncsn.plotting import save_image_grid, save_strip
 
-    if args.n < 1:
-        raise UserError("--n must be at least 1")
     from ncsn.launch import relaunch_if_asked
 
     code = relaunch_if_asked(args)
@@ -73,10 +71,10 @@ def run(args) -> int:
     save_image_grid(samples[: args.grid_n], args.out)
     written = [args.out]
     if args.npz:
-        Path(args.npz).parent.mkdir(parents=True, exist_ok=True)
         provenance = {**info, "seed": args.seed, **sampler_settings(config)}
-        np.savez_compressed(args.npz, samples=samples.numpy().astype(np.float32),
-                            provenance=np.array(json.dumps(provenance)))
+        with atomic_write(args.npz) as handle:
+            np.savez_compressed(handle, samples=samples.numpy().astype(np.float32),
+                                provenance=np.array(json.dumps(provenance)))
         written.append(args.npz)
     if levels:
         # these two end with Tweedie's step after their last level: show its result too

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ncsn.argtypes import nonnegative_int, positive_int
+
 
 def add_parser(subparsers) -> None:
     from ncsn.toy import DEFAULT_STEPS
@@ -17,11 +19,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--objective", default="ncsn",
                    help="ncsn (multi-level DSM) | dsm | ssm | exact; the last three are applied per noise "
                         "level (default: ncsn)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps (default: {DEFAULT_STEPS})")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS, help=f"training steps (default: {DEFAULT_STEPS})")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default: 0)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory for toy.png and metrics.json")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    p.add_argument("--n-samples", type=int, default=5000, help="samples per sampler (default: 5000)")
+    p.add_argument("--n-samples", type=positive_int, default=5000, help="samples per sampler (default: 5000)")
     p.add_argument("--energy", action="store_true", help="train an energy network E(x, sigma), s = -grad E")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

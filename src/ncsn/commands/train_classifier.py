@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ncsn.argtypes import nonnegative_int, positive_int
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -13,8 +15,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--download", action="store_true",
                    help="fetch MNIST into --data-root when it is not there (MD5-checked)")
     p.add_argument("--out", required=True, help="weights file to write, e.g. mnist_classifier.pt")
-    p.add_argument("--epochs", type=int, help="training epochs (default: 30 digits, 3 mnist)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights, batch order and shifts")
+    p.add_argument("--epochs", type=positive_int, help="training epochs (default: 30 digits, 3 mnist)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the weights, batch order and shifts")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -23,18 +25,12 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ncsn.classifier_training import train_classifier
     from ncsn.device import resolve_device
-    from ncsn.errors import UserError
     from ncsn.models.classifier import save_classifier
 
-    if args.epochs is not None and args.epochs < 1:
-        raise UserError("--epochs must be at least 1")
     model, report = train_classifier(args.dataset, data_root=args.data_root, epochs=args.epochs, seed=args.seed,
                                      device=resolve_device(args.device), progress=not args.no_progress,
                                      download=args.download)
-    try:
-        saved = save_classifier(model, args.out, **report)
-    except OSError as err:
-        raise UserError(f"cannot write {args.out}: {err}") from None
+    saved = save_classifier(model, args.out, **report)  # atomic: a failed write is a one-line error
     acc, n_test = report["test_accuracy"], report["n_test"]
     print(f"{args.dataset} classifier: held-out accuracy {100 * acc:.2f}% ({round(acc * n_test)}/{n_test} test "
           f"images), train {100 * report['train_accuracy']:.2f}%; {report['epochs']} epochs in "

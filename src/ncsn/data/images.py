@@ -39,6 +39,7 @@ from __future__ import annotations
 import codecs
 import csv
 import gzip
+import hashlib
 import io
 import os
 import pickle
@@ -105,6 +106,17 @@ class ImageDataset(Dataset):
             return torch.empty((0, self.channels, self.image_size, self.image_size))
         return torch.stack([self[i] for i in idx.tolist()])
 
+    def fingerprint(self, n: int | None = None) -> str:
+        """A sha256 that changes whenever the first ``n`` images (default: all) or their reading changes."""
+        n = len(self) if n is None else min(n, len(self))
+        digest = hashlib.sha256(f"{self.name}|{self.split}|{self.channels}|{self.image_size}|{self.n_levels}|{n}"
+                                .encode())
+        self._hash_content(digest, n)
+        return digest.hexdigest()
+
+    def _hash_content(self, digest, n: int) -> None:
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, n={len(self)}, "
                 f"shape=({self.channels}, {self.image_size}, {self.image_size}), n_levels={self.n_levels})")
@@ -139,6 +151,9 @@ class InMemoryImageDataset(ImageDataset):
         """Rows ``indices`` converted to ``float32`` in ``[0, 1]`` (only those rows are converted)."""
         rows = self.images.index_select(0, _as_index(indices))
         return rows.to(torch.float32).div_(self.n_levels - 1)
+
+    def _hash_content(self, digest, n: int) -> None:
+        digest.update(self.images[:n].numpy().tobytes())
 
 
 class LazyImageDataset(ImageDataset):
@@ -179,6 +194,12 @@ class LazyImageDataset(ImageDataset):
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix=f"ncsn-{self.name}")
         return torch.stack(list(self._pool.map(self.__getitem__, idx)))
+
+    def _hash_content(self, digest, n: int) -> None:
+        """Each file's name and stamp (size and mtime, or a zip member's CRC): no image is decoded."""
+        digest.update(f"{self.crop}|{self.reader.location}".encode())
+        for key in self.keys[:n]:
+            digest.update(f"{key}|{self.reader.stamp(key)}\n".encode())
 
     def __getstate__(self):  # picklable for DataLoader workers: no thread pool
         state = self.__dict__.copy()
@@ -256,6 +277,14 @@ class _DirectoryReader:
     def describe(self, key: str) -> str:
         return str(self.location / key)
 
+    def stamp(self, key: str) -> str:
+        """What identifies the file's content without reading it: its size and modification time."""
+        try:
+            info = (self.location / key).stat()
+        except OSError as err:
+            raise UserError(f"cannot read image {self.location / key}: {err}") from None
+        return f"{info.st_size}|{info.st_mtime_ns}"
+
     def read(self, key: str) -> bytes:
         try:
             return (self.location / key).read_bytes()
@@ -272,7 +301,8 @@ class _ZipReader:
         self._pid = None
         self._lock = threading.Lock()
         with self._open() as archive:
-            self._names = archive.namelist()
+            self._stamps = {i.filename: f"{i.file_size}|{i.CRC}" for i in archive.infolist()}
+        self._names = list(self._stamps)
 
     def _open(self):
         import zipfile
@@ -287,6 +317,10 @@ class _ZipReader:
 
     def describe(self, key: str) -> str:
         return f"{self.location}:{key}"
+
+    def stamp(self, key: str) -> str:
+        """The member's size and CRC-32 from the archive's directory."""
+        return self._stamps[key]
 
     def read(self, key: str) -> bytes:
         import zipfile

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ncsn.atomic import ensure_folder, write_text
 from ncsn.errors import UserError
 
 
@@ -218,12 +219,11 @@ def sample_rung(model_dir: Path, config: dict, path: Path, n: int, seed: int, de
 
 
 def write_npz_atomic(path: Path, **arrays) -> None:
-    """``np.savez_compressed`` to a temporary file, then moved into place."""
-    import os
+    """``np.savez_compressed`` to ``path`` atomically."""
+    from ncsn.atomic import atomic_write
 
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_write(path) as handle:
+        np.savez_compressed(handle, **arrays)
 
 
 def estimate_seconds(models: dict[str, dict], done: dict[str, int], rungs: list[tuple[Rung, dict]],
@@ -280,8 +280,7 @@ def run_ladder(out: str | Path, base: dict, preset_name: str = "quick", device: 
     if preset_name not in PRESETS:
         raise UserError(f"unknown preset {preset_name!r}; choose from {', '.join(PRESETS)}")
     preset = PRESETS[preset_name]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_folder(out)
     dev = resolve_device(device)
     rungs = ladder(base, preset)
     models: dict[str, dict] = {}
@@ -358,7 +357,7 @@ def run_ladder(out: str | Path, base: dict, preset_name: str = "quick", device: 
         "prior_kl_nats_per_dim": prior_kl,
     }
     ev.write_json(out / "report.json", report)
-    (out / "report.md").write_text(format_report(report))
+    write_text(out / "report.md", format_report(report))
     plot_ladder(out / "compare.png", results, samples_of, {n: (out / n / "log.csv", c) for n, c in models.items()})
     return report
 

@@ -12,9 +12,6 @@ finding (the verdict says so).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ncsn.atomic import ensure_folder, write_bytes, write_text
 from ncsn.device import single_cpu_thread
 from ncsn.errors import UserError
 
@@ -68,7 +66,7 @@ def _mixture(out: Path, quick: bool, seed: int, device: torch.device, progress: 
     steps, n_samples = (100, 500) if quick else (DEFAULT_STEPS, 5000)
     result = run_toy(work, dist="mixture", objective="ncsn", steps=steps, seed=seed, device=str(device),
                      n_samples=n_samples, progress=progress)
-    shutil.copyfile(work / "toy.png", out / "mixture.png")
+    write_bytes(out / "mixture.png", (work / "toy.png").read_bytes())
     true_weight = float(result["data"]["mode_weights"][0])
     weights = {name: float(result[name]["mode_weights"][0]) for name in ("langevin", "annealed_langevin")}
     errors = {name: abs(w - 0.2) for name, w in weights.items()}
@@ -134,7 +132,7 @@ def _ddpm(out: Path, quick: bool, seed: int, device: torch.device, progress: boo
     work = out / "ddpm"
     report = run_ladder(work, load_config(packaged_config("digits")), "quick" if quick else "full",
                         device=str(device), seed=seed, progress=progress)
-    shutil.copyfile(work / "compare.png", out / "ddpm.png")
+    write_bytes(out / "ddpm.png", (work / "compare.png").read_bytes())
     fids = {rung["name"]: rung["metrics"]["fid"] for rung in report["rungs"]}
     first, last = report["rungs"][0], report["rungs"][-1]
     steps = list(zip(report["rungs"], report["rungs"][1:]))
@@ -249,32 +247,18 @@ def check_names(requested: list[str]) -> list[str]:
     return chosen
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """``payload`` as indented JSON at ``path``, written to a temporary file and moved into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(payload, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run_entry(name: str, out: str | Path, quick: bool = False, seed: int = 0, device: str = "auto",
               progress: bool = True, run_dir: str | Path | None = None) -> dict:
     """Reproduce the entry ``name`` into ``out``; returns what it wrote to ``out/NAME.json``."""
     from ncsn.device import resolve_device
 
     entry = ENTRIES[check_names([name])[0]]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_folder(out)
     start = time.perf_counter()
     result = entry.run(out, quick, seed, resolve_device(device), progress, run_dir)
     if quick and result["reproduced"] is not None:
         result["verdict"] += QUICK_NOTE
     payload = {"name": name, "finding": entry.finding, "budget": "quick" if quick else "full",
                "seconds": time.perf_counter() - start, **result}
-    write_json_atomic(out / f"{name}.json", payload)
+    write_text(out / f"{name}.json", json.dumps(payload, indent=2) + "\n")
     return payload

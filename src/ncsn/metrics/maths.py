@@ -18,7 +18,6 @@ features need O(chunk^2 + N D) memory, never O(N^2).
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from pathlib import Path
@@ -217,17 +216,11 @@ def save_stats(path: str | os.PathLike, mu, sigma, /, **meta) -> Path:
     clash = {"mu", "sigma"} & set(meta)
     if clash:
         raise MetricInputError(f"metadata keys {sorted(clash)} are reserved for the statistics")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez(buffer, mu=mu, sigma=sigma, **{k: np.array(str(v)) for k, v in meta.items()})
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    from ncsn.atomic import atomic_write
+
+    with atomic_write(path) as handle:
+        np.savez(handle, mu=mu, sigma=sigma, **{k: np.array(str(v)) for k, v in meta.items()})
+    return Path(path)
 
 
 def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:

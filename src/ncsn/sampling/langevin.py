@@ -8,7 +8,7 @@ import torch
 
 from ncsn.sampling._common import (Callback, ProgressBar, bound_score, check_positive, check_steps, decreasing_levels,
                                    level_vectors, tweedie_denoise)
-from ncsn.score import ScoreFn, sigma_vector, takes_sigma
+from ncsn.score import ScoreFn, needs_sigma, sigma_vector
 
 def langevin(score_fn: ScoreFn, x: torch.Tensor, step_size: float, n_steps: int, noise: bool = True,
              generator: torch.Generator | None = None, sigma=None, callback: Callback | None = None) -> torch.Tensor:
@@ -16,18 +16,16 @@ def langevin(score_fn: ScoreFn, x: torch.Tensor, step_size: float, n_steps: int,
 
     In the NCSN paper's notation (x <- x + eps/2 grad log p + sqrt(eps) z) step_size = eps/2.
     ``noise=False`` gives gradient ascent on log p. A noise-conditional score is evaluated at
-    ``sigma`` (scalar or ``(N,)``), which is then required. ``callback(0, step, x)`` runs after
+    ``sigma`` (scalar or ``(N,)``), which is then required unless the function gives its sigma a
+    default (``s(x, sigma=0.0)`` without ``sigma`` is called as ``s(x)``). ``callback(0, step, x)`` runs after
     each step (``x`` is the working tensor: clone it to keep it).
     """
     step_size = check_positive("step_size", step_size)
     n_steps = check_steps("n_steps", n_steps)
-    score = bound_score(score_fn)
-    if takes_sigma(score_fn):
-        if sigma is None:
-            raise TypeError("this score function is noise-conditional: pass sigma")
-        sigma_vec = sigma_vector(sigma, x)
-    else:
-        sigma_vec = None
+    if needs_sigma(score_fn, sigma):
+        score, sigma_vec = score_fn, sigma_vector(sigma, x)
+    else:  # unconditional, or its sigma is optional and none was given
+        score, sigma_vec = (lambda v, _sigma: score_fn(v)), None
     noise_scale = math.sqrt(2.0 * step_size)
     with torch.no_grad():
         x = x.detach().clone()
