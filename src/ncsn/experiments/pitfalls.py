@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -198,13 +199,14 @@ def plot_manifold(result: dict, path: str | Path) -> Path:
         ax.plot(curve["losses"], lw=0.9)
         ax.axhline(result["perturbed_bound"], color="C3", ls="--", lw=0.8, label="floor of any perturbed data")
         ax.set_yscale("symlog", linthresh=1.0)
-        ax.legend(fontsize=8, loc="lower left")
+        ax.set_ylim(top=max(curve["losses"][:1] + [0.0]) + 1.0)
+        ax.legend(fontsize=8, loc="upper right")
         ax.set_title(f"{title}: second-half spread {curve['spread']:.2f}" + (" (diverged)" if curve["diverged"] else ""),
                      fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel("sliced score matching loss")
         ax.grid(alpha=0.3)
-    fig.suptitle(result["verdict"], fontsize=9)
+    fig.suptitle(textwrap.fill(result["verdict"], 130), fontsize=9)
     return save_figure(fig, path)
 
 
