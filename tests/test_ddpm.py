@@ -143,7 +143,7 @@ def test_a_checkpoint_from_a_newer_format_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("sets, message", [
-    (["model.arch=transformer"], "model.arch = 'transformer' is out of range (allowed: one of refinenet, unet)"),
+    (["model.arch=transformer"], "model.arch = 'transformer' is out of range (allowed: one of refinenet, ncsnv2, ncsnv2_deeper, ncsnv2_deepest, unet)"),
     (["model.ch_mult=fast"], "list of integers"),
     (["model.process=vp", "model.beta_start=0.5", "model.beta_end=0.1"], "beta_start"),
     (["training.objective=ddpm"], "needs model.process=vp"),

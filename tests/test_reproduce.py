@@ -90,11 +90,12 @@ def test_the_cifar10_plan_is_commands_ncsn_accepts(quick_run, capsys):
     assert result["paper"]["ncsn"]["inception_score"] == 8.87 and result["paper"]["ncsn"]["fid"] == 25.32
     assert result["cost"]["samples"] == 50000 and result["cost"]["network_evaluations_per_sample"] == 1000
     parser = build_parser()
-    for command in result["commands"]:
+    for command in result["commands"] + result["from_released_checkpoint"]:
         words = shlex.split(command)
         assert words[0] == "ncsn"
         parser.parse_args(words[1:])  # exits (fails the test) on an unknown option
     assert [c.split()[1] for c in result["commands"]] == ["train", "sample", "eval"]
+    assert [c.split()[1] for c in result["from_released_checkpoint"]] == ["import", "eval"]
 
 
 def test_the_cifar10_plan_prices_its_work_from_a_timed_forward_pass():

@@ -40,5 +40,7 @@ def run(args) -> int:
         figure = f"{args.out}/{name}.png, " if name != "cifar10-table" else ""
         print(f"{name}: {result['verdict']} ({result['seconds']:.0f} s) -> {figure}{args.out}/{name}.json")
         if name == "cifar10-table":
-            print("\n".join(f"  {command}" for command in result["commands"]))
+            print("  from scratch:\n" + "\n".join(f"    {command}" for command in result["commands"]))
+            print("  from the authors' released checkpoint:\n"
+                  + "\n".join(f"    {command}" for command in result["from_released_checkpoint"]))
     return 0

@@ -154,8 +154,8 @@ PAPER_NUMBERS = {
 
 
 def cifar10_plan(device: torch.device, measure: bool) -> dict:
-    """The commands that produce NCSN's CIFAR-10 row of Table 1, what they cost, and whether this machine can
-    run them. With ``measure``, one timed forward pass of the CIFAR-10 RefineNet on ``device`` prices them."""
+    """The commands that produce NCSN's CIFAR-10 row of Table 1 (training from scratch, or from the authors'
+    released checkpoint through ``ncsn import``), what they cost, and whether this machine can run them. With ``measure``, one timed forward pass of the CIFAR-10 RefineNet on ``device`` prices them."""
     from ncsn.config import load_config, packaged_config
     from ncsn.data.images import _find_cifar
 
@@ -168,13 +168,19 @@ def cifar10_plan(device: torch.device, measure: bool) -> dict:
         f"ncsn eval --fake runs/c10/samples.npz --dataset cifar10 --data-root {config['data']['root']} --split train "
         "--metrics fid,is --inception-weights pt_inception-2015-12-05-6726825d.pth --out runs/c10/table1.json",
     ]
+    released = [
+        "ncsn import path/to/ncsn/cifar10/checkpoint.pth --format ncsn --config configs/cifar10.yaml "
+        "--out runs/ncsn_c10_released",
+        f"ncsn eval runs/ncsn_c10_released --n 50000 --metrics fid,is --split train --data-root {config['data']['root']} "
+        "--inception-weights pt_inception-2015-12-05-6726825d.pth --procs auto",
+    ]
     cost = {"train_steps": t["n_iters"], "batch_size": t["batch_size"], "samples": 50000,
             "network_evaluations_per_sample": nfe}
     if measure:
         cost |= _price(config, device, nfe)
     has_gpu = torch.cuda.is_available()
     root = Path(config["data"]["root"])
-    return {"commands": commands, "cost": cost, "paper": PAPER_NUMBERS, "has_gpu": has_gpu,
+    return {"commands": commands, "from_released_checkpoint": released, "cost": cost, "paper": PAPER_NUMBERS, "has_gpu": has_gpu,
             "has_cifar10": _find_cifar(root) is not None, "data_root": str(root)}
 
 
