@@ -67,6 +67,7 @@ def test_corrupt_and_missing_checkpoints_are_clear_errors(tmp_path):
 @pytest.mark.parametrize("content, problem", [
     (b"", "is empty"),
     (b"step,loss\n1,0.5\n", "is not a checkpoint"),
+    (b"# a README\nwith words\n", "is not a checkpoint"),
     (pickle.dumps({"step": 1}, protocol=2), "a plain pickle"),
 ])
 def test_each_kind_of_unusable_file_says_what_it_is(tmp_path, content, problem):
@@ -97,3 +98,15 @@ def test_rotation_never_deletes_checkpoints_of_later_steps(tmp_path):
         ckpt.save_checkpoint(tmp_path, step, {"step": step}, keep=2)
     ckpt.save_checkpoint(tmp_path, 3, {"step": 3}, keep=2)  # a run resumed from 2 past an unreadable 9
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2, 3, 9]
+
+
+def test_a_crafted_newer_protocol_pickle_is_refused_in_one_line_without_torch_warnings(tmp_path, recwarn):
+    """torch warns about pickle protocols above 2 before refusing; the refusal alone is the message."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "released.pth"
+    with open(path, "wb") as handle:
+        pickle.dump([CodeRunningPayload(marker)], handle, protocol=4)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        ckpt.load_plain(path)
+    assert not marker.exists()
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -111,8 +112,14 @@ def load_plain(path: str | Path, what: str = "checkpoint", map_location="cpu"):
     """
     if not Path(path).is_file():
         raise CheckpointError(f"{what} not found: {path}")
+    with open(path, "rb") as handle:
+        head = handle.read(len(_ZIP_MAGIC))
+    if not head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):  # empty, or text, or another format altogether
+        raise CheckpointError(what_is_wrong(path, ValueError("not a PyTorch file"), what))
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the outcome below says all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights_only" not in str(err) and "Unsupported" not in str(err):
             raise CheckpointError(what_is_wrong(path, err, what)) from None
