@@ -22,6 +22,7 @@ COMMANDS = ["toy", "train", "sample", "inpaint", "eval", "compare", "reproduce",
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``ncsn`` argument parser, with every subcommand of :mod:`ncsn.commands` registered."""
     parser = argparse.ArgumentParser(prog="ncsn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``ncsn`` command line: parse ``argv`` (default ``sys.argv[1:]``), run the subcommand and return
+    its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # for --procs, which re-runs the command under torchrun

@@ -254,6 +254,7 @@ def validate(config: dict) -> None:
 
 
 def dump_config(config: dict, path: str | Path) -> None:
+    """Write ``config`` to ``path`` as YAML, sections and keys in their order (what a run saves as ``config.yaml``)."""
     Path(path).write_text(yaml.safe_dump(config, sort_keys=False))
 
 
