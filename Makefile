@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench docs tutorial clean
 
 setup: $(STAMP)
 
@@ -33,5 +33,15 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/objectives.py
 
+# The API reference from the docstrings (pdoc) -> build/api/index.html. Fails on a pdoc warning or on a
+# public function, class, method or module without a docstring (tests/test_docs.py checks the same).
+docs: $(STAMP)
+	$(PY) docs/build_api.py build/api
+
+# The tutorial executed top to bottom in a fresh kernel -> build/tutorial.ipynb, with its figures (the
+# committed docs/tutorial.ipynb carries no outputs). Samples the `make demo` run when demo/ has one.
+tutorial: $(STAMP)
+	$(PY) docs/run_tutorial.py build/tutorial.ipynb
+
 clean:
-	rm -rf $(VENV) demo .pytest_cache
+	rm -rf $(VENV) demo build .pytest_cache

@@ -27,6 +27,7 @@ _NAME = re.compile(r"^checkpoint_(\d+)\.pt$")
 
 
 def checkpoint_dir(workdir: str | Path) -> Path:
+    """The folder of a run's checkpoints: ``workdir/checkpoints``."""
     return Path(workdir) / "checkpoints"
 
 

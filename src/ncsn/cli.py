@@ -32,6 +32,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``ncsn`` argument parser, with every subcommand of :mod:`ncsn.commands` registered."""
     parser = OneLineParser(prog="ncsn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``ncsn`` command line: parse ``argv`` (default ``sys.argv[1:]``), run the subcommand and return
+    its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)

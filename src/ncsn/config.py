@@ -227,6 +227,7 @@ def between(low, high, high_open: bool = True, low_open: bool = False) -> Rule:
 
 
 def one_of(*choices) -> Rule:
+    """A value equal to one of ``choices``."""
     return Rule(lambda v: v in choices, f"one of {', '.join(map(str, choices))}")
 
 
@@ -308,7 +309,8 @@ def validate(config: dict) -> None:
 
 
 def dump_config(config: dict, path: str | Path) -> None:
-    """Write ``config`` as YAML to ``path`` (atomically)."""
+    """Write ``config`` to ``path`` as YAML, sections and keys in their order (what a run saves as
+    ``config.yaml``), atomically."""
     from ncsn.atomic import write_text
 
     write_text(path, yaml.safe_dump(config, sort_keys=False))

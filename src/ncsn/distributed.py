@@ -26,10 +26,12 @@ class Context:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0, the process that logs and writes files."""
         return self.rank == 0
 
     @property
     def distributed(self) -> bool:
+        """Whether more than one process takes part."""
         return self.world_size > 1
 
 

@@ -16,7 +16,7 @@ from ncsn.score import call_score, takes_sigma
 
 
 class EnergyScore(nn.Module):
-    """The score s(x[, sigma]) = -grad_x E(x[, sigma]) of an energy network.
+    r"""The score :math:`s(x[, \sigma]) = -\nabla_x E(x[, \sigma])` of an energy network.
 
     ``energy_net`` maps ``x`` (``(N, ...)``), or ``(x, sigma)`` when it takes a noise level,
     to energies of shape ``(N,)`` or ``(N, 1)``. The gradient is taken with

@@ -27,6 +27,7 @@ SAMPLE_METRICS = ("fid", "is", "kid", "pr", "dc")
 
 
 def parse_metrics(text: str) -> list[str]:
+    """The metric names of a comma-separated list such as ``fid,is,pr`` (a UserError for an unknown or empty one)."""
     names = [m.strip().lower() for m in text.split(",") if m.strip()]
     unknown = [m for m in names if m not in METRICS]
     if unknown or not names:
@@ -35,6 +36,7 @@ def parse_metrics(text: str) -> list[str]:
 
 
 def cache_dir() -> Path:
+    """Where cached features and weights go: ``$NCSN_CACHE``, else ``~/.cache/ncsn``."""
     return Path(os.environ.get("NCSN_CACHE", Path.home() / ".cache" / "ncsn"))
 
 
@@ -283,4 +285,5 @@ def format_table(rows: list[dict], names: list[str]) -> str:
 
 
 def write_json(path: str | Path, payload: dict) -> None:
+    """``payload`` as indented JSON at ``path``, written atomically (parent folders created)."""
     write_text(path, json.dumps(payload, indent=2) + "\n")

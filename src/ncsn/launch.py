@@ -21,6 +21,7 @@ MAX_AUTO_CPU_PROCS = 8
 
 
 def add_procs_argument(parser) -> None:
+    """Add ``--procs N|auto`` (run as N processes under torchrun) to a subcommand's ``parser``."""
     from ncsn.argtypes import procs
 
     parser.add_argument("--procs", default="1", type=procs, metavar="N|auto",
@@ -29,6 +30,7 @@ def add_procs_argument(parser) -> None:
 
 
 def available_cpus() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -57,6 +59,7 @@ def resolve_procs(value: str, device: str = "auto", batch_size: int | None = Non
 
 
 def under_launcher() -> bool:
+    """Whether this process is one of several started by torchrun (``WORLD_SIZE`` > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 

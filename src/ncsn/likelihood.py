@@ -305,13 +305,17 @@ def log_likelihood(score_fn, x: torch.Tensor, sigma_min: float, sigma_max: float
                    rtol: float = 1e-5, atol: float = 1e-5, generator: torch.Generator | None = None,
                    probe: str = "rademacher", trace: str = "auto", prior_std: float | None = None
                    ) -> tuple[torch.Tensor, int]:
-    """log p_{sigma_min}(x) per sample (nats, float64 ``(N,)``) through the probability-flow ODE, and the NFE spent.
+    r"""log p_{sigma_min}(x) per sample (nats, float64 ``(N,)``) through the probability-flow ODE, and the NFE spent.
 
     For the VE process (x = x0 + sigma z) the probability flow dx/dsigma = -sigma s(x, sigma) carries
     p_{sigma_min} to p_{sigma_max} ~ N(0, prior_std^2 I), and by the instantaneous change of variables
     (Chen et al. 2018, "Neural ODEs", Theorem 1)
 
-        log p_{sigma_min}(x) = log N(x(sigma_max); 0, prior_std^2 I) - int_{sigma_min}^{sigma_max} sigma tr(grad_x s(x(sigma), sigma)) dsigma.
+    .. math:: \log p_{\sigma_\min}(x) = \log \mathcal{N}(x(\sigma_\max); 0, \sigma_p^2 I)
+              + \int_{\sigma_\min}^{\sigma_\max} \sigma\, \operatorname{tr}\big(\nabla_x s(x(\sigma), \sigma)\big)\, d\sigma
+
+    (:math:`\sigma_p` = ``prior_std``; :math:`\nabla\cdot` of the drift :math:`-\sigma s` integrated from
+    :math:`\sigma_\max` down to :math:`\sigma_\min`).
 
     The ODE is solved in t = ln sigma (dx/dt = -sigma^2 s) with the adaptive Dormand-Prince method
     (:func:`ncsn.solvers.dormand_prince`, ``rtol``, ``atol``). The trace is exact (D backward passes)

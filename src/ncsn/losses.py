@@ -1,27 +1,29 @@
-"""Score-matching objectives, each a scalar mean over the batch.
+r"""Score-matching objectives, each a scalar mean over the batch.
 
 ``score_fn`` is a score function ``s(x)`` or ``s(x, sigma)`` (see :mod:`ncsn.score`) on inputs
 of any shape ``(N, ...)``; squared norms and traces run over all non-batch dimensions
 (D = their product). Objectives without a noise level of their own take an optional
 ``sigma`` that is passed on to noise-conditional score functions.
 
-* :func:`explicit_sm`: 1/2 E||s(x) - grad log p(x)||^2 (needs the true score).
+* :func:`explicit_sm`: :math:`\tfrac12 \mathbb{E}\|s(x) - \nabla_x \log p(x)\|^2` (needs the true score).
 * :func:`exact_sm` / :func:`exact_sm_loop`: Hyvarinen (2005), "Estimation of Non-Normalized
-  Statistical Models by Score Matching": E[tr(grad_x s(x)) + 1/2 ||s(x)||^2], equal to the
+  Statistical Models by Score Matching":
+  :math:`\mathbb{E}[\operatorname{tr}(\nabla_x s(x)) + \tfrac12 \|s(x)\|^2]`, equal to the
   explicit objective up to a constant.
 * :func:`sliced_sm`: Song, Garg, Shi & Ermon (2019), "Sliced Score Matching: A Scalable
-  Approach to Density and Score Estimation": E_v E_x[v^T grad_x(v^T s(x)) + 1/2 (v^T s(x))^2].
+  Approach to Density and Score Estimation":
+  :math:`\mathbb{E}_v \mathbb{E}_x[v^\top \nabla_x (v^\top s(x)) + \tfrac12 (v^\top s(x))^2]`.
 * :func:`dsm`: Vincent (2011), "A Connection Between Score Matching and Denoising Autoencoders":
-  1/2 E||s(x~) + (x~ - x) / sigma^2||^2, x~ = x + sigma z.
+  :math:`\tfrac12 \mathbb{E}\|s(\tilde x) + (\tilde x - x) / \sigma^2\|^2`, :math:`\tilde x = x + \sigma z`.
 * :func:`ncsn_loss`: Song & Ermon (2019), "Generative Modeling by Estimating Gradients of the
   Data Distribution", Section 4.2: denoising score matching over L noise levels, weighted by
-  lambda(sigma) = sigma^2.
+  :math:`\lambda(\sigma) = \sigma^2`.
 * :func:`ddpm_loss`: Ho, Jain & Abbeel (2020), "Denoising Diffusion Probabilistic Models", eq. 14:
-  L_simple = E_{t, x0, eps}||eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)||^2.
+  :math:`L_\text{simple} = \mathbb{E}\|\epsilon - \epsilon_\theta(\sqrt{\bar\alpha_t} x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon, t)\|^2`.
 
-The last two are one objective: with eps = -s_i s (:func:`ncsn.processes.score_to_eps`) the
-sigma^2-weighted term 1/2||s_i s + z||^2 is 1/2||z - eps||^2, so :func:`ncsn_loss` = D/2 x
-:func:`ddpm_loss` on the same kernel, levels and noise (D: dimensions per sample).
+The last two are one objective: with :math:`\epsilon = -s_i\, s` (:func:`ncsn.processes.score_to_eps`) the
+:math:`\sigma^2`-weighted term :math:`\tfrac12\|s_i s + z\|^2` is :math:`\tfrac12\|z - \epsilon\|^2`, so
+:func:`ncsn_loss` = D/2 x :func:`ddpm_loss` on the same kernel, levels and noise (D: dimensions per sample).
 
 An energy-based model trains through all of them once wrapped in :class:`EnergyScore`.
 """
@@ -58,7 +60,9 @@ def _score_at(score_fn: ScoreFn, x: torch.Tensor, sigma=None) -> torch.Tensor:
 
 
 def explicit_sm(score_fn: ScoreFn, x: torch.Tensor, true_score, sigma=None) -> torch.Tensor:
-    """Explicit score matching: 1/2 E_x ||s(x) - grad_x log p(x)||^2 (Hyvarinen 2005).
+    r"""Explicit score matching (Hyvarinen 2005):
+
+    .. math:: J(\theta) = \tfrac12 \mathbb{E}_x \|s_\theta(x) - \nabla_x \log p(x)\|^2.
 
     ``true_score`` is a tensor of grad_x log p at ``x`` (same shape), or a callable giving it:
     called as ``true_score(x)``, or as a score function at level ``sigma`` when one is given.
@@ -81,9 +85,9 @@ def _score_with_input(score_fn: ScoreFn, x: torch.Tensor, sigma):
 
 
 def exact_sm(score_fn: ScoreFn, x: torch.Tensor, sigma=None, chunk_size: int | None = None) -> torch.Tensor:
-    """Score matching with the exact Jacobian trace (Hyvarinen 2005, Theorem 1):
+    r"""Score matching with the exact Jacobian trace (Hyvarinen 2005, Theorem 1):
 
-        J(theta) = E_x[ tr(grad_x s(x)) + 1/2 ||s(x)||^2 ],
+    .. math:: J(\theta) = \mathbb{E}_x\big[\operatorname{tr}(\nabla_x s_\theta(x)) + \tfrac12 \|s_\theta(x)\|^2\big],
 
     which equals :func:`explicit_sm` minus a constant independent of the model. One forward
     pass, then the D vector-Jacobian products e_d^T grad_x s (d = 1..D) run as a single batched
@@ -146,9 +150,10 @@ def _projections(shape, dist: str, like: torch.Tensor, generator) -> torch.Tenso
 
 def sliced_sm(score_fn: ScoreFn, x: torch.Tensor, n_projections: int = 1, dist: str = "gaussian",
               variance_reduced: bool = False, generator: torch.Generator | None = None, sigma=None) -> torch.Tensor:
-    """Sliced score matching (Song et al. 2019):
+    r"""Sliced score matching (Song et al. 2019):
 
-        J(theta) = E_v E_x[ v^T grad_x(v^T s(x)) + 1/2 (v^T s(x))^2 ],
+    .. math:: J(\theta) = \mathbb{E}_v \mathbb{E}_x\big[v^\top \nabla_x (v^\top s_\theta(x))
+              + \tfrac12 (v^\top s_\theta(x))^2\big],
 
     with ``n_projections`` vectors v per sample (each sample is repeated that many times).
     ``dist`` is ``"gaussian"`` (v ~ N(0, I)) or ``"rademacher"`` (uniform signs); both have
@@ -177,11 +182,12 @@ def sliced_sm(score_fn: ScoreFn, x: torch.Tensor, n_projections: int = 1, dist: 
 
 def dsm(score_fn: ScoreFn, x: torch.Tensor, sigma, generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Denoising score matching (Vincent 2011, with a Gaussian kernel):
+    r"""Denoising score matching (Vincent 2011, with a Gaussian kernel):
 
-        J(theta) = 1/2 E_{x, x~}|| s(x~) + (x~ - x) / sigma^2 ||^2,   x~ = x + sigma z,  z ~ N(0, I),
+    .. math:: J(\theta) = \tfrac12 \mathbb{E}_{x, \tilde x}\Big\|s_\theta(\tilde x) + \frac{\tilde x - x}{\sigma^2}\Big\|^2,
+              \qquad \tilde x = x + \sigma z,\ z \sim \mathcal{N}(0, I),
 
-    computed as 1/2 E||s(x~) + z / sigma||^2. It equals explicit score matching on the
+    computed as :math:`\tfrac12 \mathbb{E}\|s(\tilde x) + z / \sigma\|^2`. It equals explicit score matching on the
     smoothed density q_sigma = p * N(0, sigma^2 I) up to a constant. ``sigma`` is a scalar or
     an ``(N,)`` tensor; ``noise`` (z, shape of ``x``) may be given, otherwise it is drawn from
     ``generator``. Noise-conditional score functions receive ``sigma``.
@@ -217,9 +223,10 @@ def _levels_and_noise(x, table, table_name: str, levels_name: str, levels, noise
 def ncsn_loss(score_fn: ScoreFn, x: torch.Tensor, sigmas, weighting: str = "sigma2",
               generator: torch.Generator | None = None, levels: torch.Tensor | None = None,
               noise: torch.Tensor | None = None, scales=None) -> torch.Tensor:
-    """NCSN's multi-scale denoising objective (Song & Ermon 2019, Section 4.2):
+    r"""NCSN's multi-scale denoising objective (Song & Ermon 2019, Section 4.2, eq. 5-6):
 
-        L(theta) = 1/L sum_i lambda(sigma_i) 1/2 E||s(x~, sigma_i) + (x~ - x) / sigma_i^2||^2,
+    .. math:: \mathcal{L}(\theta) = \frac1L \sum_{i=1}^L \lambda(\sigma_i)\, \tfrac12\,
+              \mathbb{E}\Big\|s_\theta(\tilde x, \sigma_i) + \frac{\tilde x - x}{\sigma_i^2}\Big\|^2,
 
     estimated with one level i ~ U{1..L} per sample. ``weighting="sigma2"`` is the paper's
     lambda(sigma) = sigma^2, for which each term is 1/2 ||sigma s(x + sigma z, sigma) + z||^2
@@ -250,9 +257,10 @@ def ncsn_loss(score_fn: ScoreFn, x: torch.Tensor, sigmas, weighting: str = "sigm
 
 def ddpm_loss(eps_fn, x0: torch.Tensor, alphas_bar, t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
               generator: torch.Generator | None = None) -> torch.Tensor:
-    """DDPM's simplified objective (Ho et al. 2020, eq. 14, Algorithm 1):
+    r"""DDPM's simplified objective (Ho et al. 2020, eq. 14, Algorithm 1):
 
-        L_simple = E_{t ~ U{0..T-1}, x0, eps ~ N(0, I)} || eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) ||^2,
+    .. math:: L_\text{simple} = \mathbb{E}_{t \sim U\{0..T-1\},\, x_0,\, \epsilon \sim \mathcal{N}(0, I)}
+              \big\|\epsilon - \epsilon_\theta(\sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon, t)\big\|^2,
 
     the squared error averaged over the non-batch dimensions (as the paper's code), then over
     the batch. ``eps_fn(x, t)`` gets ``t`` as an ``(N,)`` long tensor; ``alphas_bar`` holds

@@ -1,14 +1,14 @@
-"""Forward (noising) processes: NCSN's variance-exploding and DDPM's variance-preserving one.
+r"""Forward (noising) processes: NCSN's variance-exploding and DDPM's variance-preserving one.
 
 Both perturb clean data ``x0`` with a Gaussian kernel over a finite set of training
 *levels* ``i``:
 
-    q(x_i | x0) = N(a_i x0, s_i^2 I),   x_i = a_i x0 + s_i z,   z ~ N(0, I),
+.. math:: q(x_i \mid x_0) = \mathcal{N}(a_i x_0, s_i^2 I), \qquad x_i = a_i x_0 + s_i z, \quad z \sim \mathcal{N}(0, I),
 
 so both have the same denoising score target, grad log q(x_i | x0) = -z / s_i, and the
 same relation between a noise prediction and a score,
 
-    s(x, i) = -eps(x, i) / s_i,      eps(x, i) = -s_i s(x, i)        (:func:`eps_to_score`),
+.. math:: s(x, i) = -\epsilon(x, i) / s_i, \qquad \epsilon(x, i) = -s_i\, s(x, i)   (:func:`eps_to_score`),
 
 which lets one network serve both. They differ in ``a_i`` and in where the noise ends:
 
@@ -66,6 +66,7 @@ class Process:
 
     @property
     def num_levels(self) -> int:
+        """The number of training levels (L for VE, T for VP)."""
         return int(self.stds.shape[0])
 
     # data space <-> the process's space
@@ -106,6 +107,8 @@ class Process:
         return self.scale_of_std(self.std_of_noise_level(noise_level))
 
     def prior_sample(self, shape, generator=None, device=None) -> torch.Tensor:
+        """A draw of ``shape`` from the sampler's starting distribution (NCSN's uniform on [0, 1] for VE,
+        N(0, I) for VP)."""
         raise NotImplementedError
 
     def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
@@ -124,13 +127,16 @@ class Process:
 
     @property
     def noisiest(self) -> int:
+        """The index of the noisiest level (0 for VE, T - 1 for VP)."""
         return int(torch.argmax(self.noise_levels))
 
     @property
     def prior_variance(self) -> float:
+        """The variance v of the Gaussian prior N(0, v I) that :meth:`prior_kl` measures against."""
         raise NotImplementedError
 
     def describe(self) -> str:
+        """A one-line summary of the process for logs."""
         raise NotImplementedError
 
 
@@ -153,6 +159,7 @@ class VEProcess(Process):
 
     @property
     def sigmas(self) -> torch.Tensor:
+        """The noise levels sigma_1 > ... > sigma_L (the kernel standard deviations)."""
         return self.stds
 
     def noise_level_of_std(self, std):
@@ -241,10 +248,12 @@ def ve_view(score_fn, process: Process):
 
 
 def ve_process(sigma_begin: float, sigma_end: float, num_levels: int) -> VEProcess:
+    """A :class:`VEProcess` over ``num_levels`` geometric sigmas from ``sigma_begin`` down to ``sigma_end``."""
     from ncsn.sigmas import geometric
 
     return VEProcess(geometric(sigma_begin, sigma_end, num_levels, dtype=torch.float64))
 
 
 def vp_process(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, schedule: str = "linear") -> VPProcess:
+    """A :class:`VPProcess` over DDPM's ``T`` betas (:func:`ncsn.sigmas.ddpm_betas`, ``linear`` or ``cosine``)."""
     return VPProcess(ddpm_betas(T, beta_start, beta_end, schedule))

@@ -76,6 +76,7 @@ class Appender:
             raise cannot_write(self.path, err) from None
 
     def write(self, row: list) -> None:
+        """Append ``row`` as one CSV line and flush it (a full disk is a one-line :class:`OutputError`)."""
         try:
             self.handle.write(_as_csv([row]))
             self.handle.flush()
@@ -83,6 +84,7 @@ class Appender:
             raise cannot_write(self.path, err) from None
 
     def close(self) -> None:
+        """Close the log file (an error while closing is ignored: every row was flushed when written)."""
         try:
             self.handle.close()
         except OSError:

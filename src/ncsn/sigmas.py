@@ -26,9 +26,11 @@ import torch
 
 def geometric(sigma_begin: float, sigma_end: float, n: int, dtype: torch.dtype = torch.float32,
               device=None) -> torch.Tensor:
-    """``n`` noise levels from ``sigma_begin`` down to ``sigma_end``, geometrically spaced.
+    r"""``n`` noise levels from ``sigma_begin`` down to ``sigma_end``, geometrically spaced.
 
-    sigma_i = sigma_begin * (sigma_end / sigma_begin)^((i - 1) / (n - 1)), i = 1..n
+    .. math:: \sigma_i = \sigma_\text{begin} \Big(\frac{\sigma_\text{end}}{\sigma_\text{begin}}\Big)^{(i - 1)/(n - 1)},
+              \qquad i = 1..n
+
     (computed in float64, returned as ``dtype``). ``n = 1`` gives ``[sigma_begin]``.
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -47,11 +49,12 @@ def geometric(sigma_begin: float, sigma_end: float, n: int, dtype: torch.dtype =
 
 def karras(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0, dtype: torch.dtype = torch.float32,
            device=None) -> torch.Tensor:
-    """``n`` noise levels from ``sigma_max`` down to ``sigma_min``, denser near the small end.
+    r"""``n`` noise levels from ``sigma_max`` down to ``sigma_min``, denser near the small end.
 
     Karras et al. (2022), "Elucidating the Design Space of Diffusion-Based Generative Models", eq. 5:
 
-        sigma_i = (sigma_max^(1/rho) + (i - 1) / (n - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,  i = 1..n.
+    .. math:: \sigma_i = \Big(\sigma_\max^{1/\rho} + \frac{i - 1}{n - 1}\big(\sigma_\min^{1/\rho}
+              - \sigma_\max^{1/\rho}\big)\Big)^\rho, \qquad i = 1..n.
 
     ``rho = 1`` is uniform in sigma; rho -> infinity tends to :func:`geometric`; the paper's 7 spends
     the steps where the probability-flow ODE curves most. Computed in float64; no trailing zero

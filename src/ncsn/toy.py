@@ -75,6 +75,7 @@ class ToySettings:
     box: float  # samplers start uniform on [-box, box]^2
 
     def sigmas(self) -> torch.Tensor:
+        """The L geometric noise levels from ``sigma_begin`` down to ``sigma_end``."""
         return geometric(self.sigma_begin, self.sigma_end, self.n_levels)
 
 

@@ -6,6 +6,7 @@ from ncsn.argtypes import nonnegative_int
 
 
 def add_parser(subparsers) -> None:
+    """Register ``ncsn compare`` and its options with the CLI's ``subparsers``."""
     p = subparsers.add_parser(
         "compare", help="NCSN vs DDPM at equal data, steps, batch and network evaluations, one difference at a time",
         description="Train and sample the attribution ladder (1. NCSN: RefineNet, VE, annealed Langevin; 2. + U-Net; "
@@ -28,6 +29,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    """Run ``ncsn compare`` with the parsed ``args``; returns the exit status."""
     from ncsn.config import load_config, packaged_config
     from ncsn.experiments.compare import run_ladder
 

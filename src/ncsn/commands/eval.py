@@ -15,6 +15,7 @@ from ncsn.launch import add_procs_argument
 
 
 def add_parser(subparsers) -> None:
+    """Register ``ncsn eval`` and its options with the CLI's ``subparsers``."""
     p = subparsers.add_parser("eval", help="FID, Inception Score, KID, precision/recall of samples",
                               description="Sample a trained model (or read samples made elsewhere) and compare "
                                           "them with the dataset's real images; prints a table, writes JSON.")
@@ -94,6 +95,7 @@ def _first_line(err: Exception) -> str:
 
 
 def run(args) -> int:
+    """Run ``ncsn eval`` with the parsed ``args``; returns the exit status."""
     from ncsn import distributed
     from ncsn import evaluation as ev
     from ncsn.commands.sample import apply_sampling_overrides
@@ -219,6 +221,7 @@ def checkpoints_to_evaluate(args, ctx):
 
 
 def likelihood_values(meta: dict) -> dict:
+    """The likelihood numbers of an evaluated source (``bpd``, ``bpd_vlb``), without their protocols."""
     return {name: value for name, (value, _) in meta.get("likelihood", {}).items()}
 
 
@@ -233,6 +236,7 @@ def print_likelihood(label: str, likelihood: dict, values: bool = True) -> None:
 
 
 def sampler_settings_keys() -> list[str]:
+    """The keys of a source's sampler settings that ``ncsn eval`` prints, in order."""
     return ["checkpoint", "step", "ema", "seed", "sampler", "arch", "process", "nfe", "sigma_begin", "sigma_end",
             "num_classes", "num_timesteps", "beta_schedule", "sigmas", "n_levels", "rho", "step_lr", "n_steps_each",
             "eta", "predictor", "corrector", "snr", "n_corrector", "solver", "denoise", "variance", "clip_x0"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def add_parser(subparsers) -> None:
+    """Register ``ncsn import`` and its options with the CLI's ``subparsers``."""
     p = subparsers.add_parser("import", help="import the authors' released NCSN / NCSNv2 checkpoint as a run",
                               description="Read a checkpoint released with ermongroup/ncsn or ermongroup/ncsnv2 "
                                           "(weights only: a pickle that could run code is refused), map its weights "
@@ -23,6 +24,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    """Run ``ncsn import`` with the parsed ``args``; returns the exit status."""
     from ncsn.config import load_config
     from ncsn.importing import import_run
 

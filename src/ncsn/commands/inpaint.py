@@ -14,6 +14,7 @@ MASK_NAMES = ("right", "left", "bottom", "top", "center")
 
 
 def add_parser(subparsers) -> None:
+    """Register ``ncsn inpaint`` and its options with the CLI's ``subparsers``."""
     p = subparsers.add_parser("inpaint", help="fill in occluded pixels with annealed Langevin inpainting",
                               description="Conditional sampling: the known pixels follow the data perturbed "
                                           "at each noise level, the rest follow annealed Langevin dynamics.")
@@ -71,6 +72,7 @@ def read_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
 
 
 def run(args) -> int:
+    """Run ``ncsn inpaint`` with the parsed ``args``; returns the exit status."""
     from ncsn.data.images import get_dataset
     from ncsn.device import resolve_device
     from ncsn.commands.sample import apply_sampling_overrides

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def add_parser(subparsers) -> None:
+    """Register ``ncsn reproduce`` and its options with the CLI's ``subparsers``."""
     p = subparsers.add_parser(
         "reproduce", help="reproduce a finding of the papers (figure, numbers and a one-line verdict)",
         description="Run one entry per finding of the material (NCSN's two pitfalls of naive score matching, "
@@ -23,6 +24,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    """Run ``ncsn reproduce`` with the parsed ``args``; returns the exit status."""
     from ncsn.errors import UserError
     from ncsn.experiments import reproduce
 

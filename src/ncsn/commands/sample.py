@@ -9,6 +9,7 @@ from ncsn.launch import add_procs_argument
 
 
 def add_parser(subparsers) -> None:
+    """Register ``ncsn sample`` and its options with the CLI's ``subparsers``."""
     p = subparsers.add_parser("sample", help="draw samples (annealed Langevin or DDPM's ancestral sampler)",
                               description="Sample a trained score model with sampling.method (NCSN Algorithm 1 "
                                           "for VE models, DDPM Algorithm 2 for VP ones by default) and save a grid.")
@@ -46,6 +47,7 @@ def apply_sampling_overrides(config: dict, overrides: list[str]) -> dict:
 
 
 def run(args) -> int:
+    """Run ``ncsn sample`` with the parsed ``args``; returns the exit status."""
     import numpy as np
 
     from ncsn import distributed

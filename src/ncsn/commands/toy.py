@@ -6,6 +6,7 @@ from ncsn.argtypes import nonnegative_int, positive_int
 
 
 def add_parser(subparsers) -> None:
+    """Register ``ncsn toy`` and its options with the CLI's ``subparsers``."""
     from ncsn.toy import DEFAULT_STEPS
 
     p = subparsers.add_parser(
@@ -30,6 +31,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    """Run ``ncsn toy`` with the parsed ``args``; returns the exit status."""
     from ncsn.toy import run_toy, summary_table
 
     result = run_toy(args.out, dist=args.dist, objective=args.objective, steps=args.steps, seed=args.seed,

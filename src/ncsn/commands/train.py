@@ -9,6 +9,7 @@ from ncsn.launch import add_procs_argument
 
 
 def add_parser(subparsers) -> None:
+    """Register ``ncsn train`` and its options with the CLI's ``subparsers``."""
     p = subparsers.add_parser("train", help="train a noise-conditional score network on images",
                               description="Train NCSN (RefineNet, multi-scale DSM, EMA) from a YAML config.")
     p.add_argument("config", help="YAML config (see configs/)")
@@ -23,6 +24,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    """Run ``ncsn train`` with the parsed ``args``; returns the exit status."""
     from ncsn.config import load_config
     from ncsn.launch import relaunch_if_asked
     from ncsn.train import train

@@ -6,6 +6,7 @@ from ncsn.argtypes import nonnegative_int, positive_int
 
 
 def add_parser(subparsers) -> None:
+    """Register ``ncsn train-classifier`` and its options with the CLI's ``subparsers``."""
     p = subparsers.add_parser(
         "train-classifier", help="train the digit classifier whose features score digits/MNIST samples",
         description="Train a small CNN on the real images (train split, random shifts), report its held-out "
@@ -23,6 +24,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    """Run ``ncsn train-classifier`` with the parsed ``args``; returns the exit status."""
     from ncsn.classifier_training import train_classifier
     from ncsn.device import resolve_device
     from ncsn.models.classifier import save_classifier

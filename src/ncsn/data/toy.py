@@ -32,7 +32,7 @@ def _check_n(n) -> int:
 
 
 class GaussianMixture:
-    """p(x) = sum_k w_k N(x; mu_k, std_k^2 I), with every Gaussian smoothing in closed form.
+    r""":math:`p(x) = \sum_k w_k \mathcal{N}(x; \mu_k, \mathrm{std}_k^2 I)`, each Gaussian smoothing in closed form.
 
     Convolving with N(0, sigma^2 I) keeps the means and weights and widens each component to
     std_k' = sqrt(std_k^2 + sigma^2), so the perturbed density and its score are exact at
@@ -66,6 +66,7 @@ class GaussianMixture:
 
     @property
     def dim(self) -> int:
+        """The dimension D of the data."""
         return self.means.shape[1]
 
     def __repr__(self) -> str:
@@ -98,7 +99,9 @@ class GaussianMixture:
         return torch.logsumexp(log_terms, dim=1)
 
     def score(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
-        """grad_x log p_sigma(x) = sum_k r_k(x) (mu_k - x) / (std_k^2 + sigma^2), shape ``(N, D)``.
+        r"""The score of the smoothed mixture, shape ``(N, D)``:
+
+        .. math:: \nabla_x \log p_\sigma(x) = \sum_k r_k(x)\, \frac{\mu_k - x}{\mathrm{std}_k^2 + \sigma^2}.
 
         r_k(x) = softmax_k(log w_k + log N(x; mu_k, (std_k^2 + sigma^2) I)) are the responsibilities.
         ``sigma`` is a scalar or an ``(N,)`` tensor, so this is a noise-conditional score function.
@@ -157,6 +160,7 @@ class Rings:
         self.noise = noise
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` draws as an ``(n, 2)`` tensor, on the generator's device (CPU without one)."""
         n = _check_n(n)
         device = _device(generator)
         radii = self.radii.to(device)
@@ -174,6 +178,7 @@ class TwoMoons:
         self.noise, self.scale = noise, scale
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` draws as an ``(n, 2)`` tensor, on the generator's device (CPU without one)."""
         n = _check_n(n)
         device = _device(generator)
         t = torch.rand(n, generator=generator, device=device) * math.pi
@@ -194,6 +199,7 @@ class SwissRoll:
         self.noise, self.scale = noise, scale
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` draws as an ``(n, 2)`` tensor, on the generator's device (CPU without one)."""
         n = _check_n(n)
         device = _device(generator)
         t = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=generator, device=device))
@@ -207,6 +213,7 @@ class Checkerboard:
     column i, row j is dark when i + j is even)."""
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` draws as an ``(n, 2)`` tensor, on the generator's device (CPU without one)."""
         n = _check_n(n)
         device = _device(generator)
         column = torch.randint(0, 4, (n,), generator=generator, device=device)

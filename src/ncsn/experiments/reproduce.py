@@ -236,6 +236,7 @@ ENTRIES = {entry.name: entry for entry in (
 
 
 def names() -> list[str]:
+    """The names of the entries of ``ncsn reproduce``, in order."""
     return list(ENTRIES)
 
 

@@ -153,9 +153,9 @@ def _psd_sqrt(sigma: np.ndarray, name: str, eps: float) -> np.ndarray:
 
 
 def fid_from_stats(mu1, sigma1, mu2, sigma2) -> float:
-    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017, eq. 6).
+    r"""Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017, eq. 6).
 
-    ``FID = ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2})``.
+    .. math:: \mathrm{FID} = \|\mu_1 - \mu_2\|^2 + \operatorname{tr}\big(\Sigma_1 + \Sigma_2 - 2 (\Sigma_1 \Sigma_2)^{1/2}\big).
 
     The trace of the matrix square root is taken as the nuclear norm (sum of singular
     values) of ``S1^{1/2} S2^{1/2}``, with each ``S^{1/2}`` the symmetric square root from
@@ -245,12 +245,13 @@ def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict[st
 
 
 def inception_score(probs, splits: int = 10) -> tuple[float, float]:
-    """Inception Score of class probabilities ``probs`` (N, C) (Salimans et al. 2016).
+    r"""Inception Score of class probabilities ``probs`` (N, C) (Salimans et al. 2016).
 
-    ``IS = exp(E_x KL(p(y|x) || p(y)))`` with ``p(y)`` the mean of ``p(y|x)`` over the
-    samples; computed on ``splits`` contiguous parts (sample ``i * N // splits`` up to
-    ``(i + 1) * N // splits``, every sample used once) and returned as the mean and
-    standard deviation (``ddof=0``) over the parts. ``0 log 0`` counts as 0.
+    .. math:: \mathrm{IS} = \exp\big(\mathbb{E}_x\, \mathrm{KL}(p(y \mid x) \,\|\, p(y))\big)
+
+    with ``p(y)`` the mean of ``p(y|x)`` over the samples; computed on ``splits`` contiguous parts
+    (sample ``i * N // splits`` up to ``(i + 1) * N // splits``, every sample used once) and returned
+    as the mean and standard deviation (``ddof=0``) over the parts. ``0 log 0`` counts as 0.
     """
     p = _to_numpy64(probs, "probs")
     if p.ndim != 2 or p.shape[0] < 1 or p.shape[1] < 1:
@@ -378,12 +379,15 @@ def knn_radii(feats, k: int = 3, chunk: int = DEFAULT_CHUNK, device=None, dtype=
 
 def precision_recall(real, fake, k: int = 3, chunk: int = DEFAULT_CHUNK, device=None,
                      dtype: torch.dtype = torch.float64) -> dict[str, float]:
-    """Improved precision and recall (Kynkaanniemi et al. 2019, eq. 1-2).
+    r"""Improved precision and recall (Kynkaanniemi et al. 2019, eq. 1-2).
 
     Each set's manifold is the union of balls around its samples, with radius the distance
     to the sample's k-th nearest neighbour within the set. ``precision`` is the fraction of
     fake samples inside the real manifold (some real ``x`` with ``||y - x|| <= r_k(x)``);
-    ``recall`` the fraction of real samples inside the fake manifold.
+    ``recall`` the fraction of real samples inside the fake manifold:
+
+    .. math:: \text{precision} = \frac1M \sum_{j=1}^M \mathbb{1}\big[\exists i: \|y_j - x_i\| \le r_k(x_i)\big],
+              \qquad \text{recall} = \frac1N \sum_{i=1}^N \mathbb{1}\big[\exists j: \|x_i - y_j\| \le r_k(y_j)\big].
 
     Distances come from ``||x||^2 + ||y||^2 - 2 x.y`` on ``chunk`` x ``chunk`` blocks (after
     centring both sets on the real mean) in ``dtype`` on ``device``. float64 (default)

@@ -46,6 +46,8 @@ NormFactory = Callable[[int], nn.Module]
 
 
 def check_numerics(numerics: int) -> int:
+    """``numerics`` if it is one of :data:`NUMERICS` (1: this project's RefineNet, 2: the reference code's),
+    else a ValueError."""
     if numerics not in NUMERICS:
         raise ValueError(f"numerics must be one of {NUMERICS}, got {numerics!r}")
     return numerics

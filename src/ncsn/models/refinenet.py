@@ -87,6 +87,7 @@ class RefineCascade(nn.Module):
         self.end_conv = conv3x3(ngf, channels)
 
     def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ValueError unless ``x`` is a batch ``(N, channels, H, W)`` of images at least 2x2."""
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(f"expected x of shape (N, {self.channels}, H, W), got {tuple(x.shape)}")
         if x.shape[2] < 2 or x.shape[3] < 2:

@@ -69,7 +69,9 @@ class ProgressBar:
 
 
 def tweedie_denoise(score_fn: ScoreFn, x: torch.Tensor, sigma, scale=1.0) -> torch.Tensor:
-    """Tweedie's formula: E[x0 | x] = (x + s^2 grad log q_s(x)) / a for x = a x0 + s z (Efron 2011).
+    r"""Tweedie's formula (Efron 2011) for x = a x0 + s z:
+
+    .. math:: \mathbb{E}[x_0 \mid x] = \frac{x + s^2\, \nabla_x \log q_s(x)}{a}.
 
     With a = 1 (NCSN's VE process) this is the final denoising step x + sigma_L^2 s(x, sigma_L)
     (Jolicoeur-Martineau et al. 2021; NCSNv2). ``sigma`` (s) and ``scale`` (a) are scalars or ``(N,)``.

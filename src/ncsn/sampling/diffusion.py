@@ -16,11 +16,12 @@ VARIANCES = ("beta", "posterior")
 def ddpm_ancestral(eps_fn, x: torch.Tensor, betas, variance: str = "beta", clip_x0: float | None = None,
                    generator: torch.Generator | None = None, callback: Callback | None = None,
                    progress: bool = False) -> torch.Tensor:
-    """DDPM's ancestral sampler (Ho, Jain & Abbeel 2020, Algorithm 2), from x_T = ``x`` to x_0.
+    r"""DDPM's ancestral sampler (Ho, Jain & Abbeel 2020, Algorithm 2), from x_T = ``x`` to x_0.
 
     With alpha_t = 1 - beta_t and abar_t = prod_{s<=t} alpha_s, for t = T-1, ..., 0 (zero-based):
 
-        x_{t-1} = 1 / sqrt(alpha_t) (x_t - beta_t / sqrt(1 - abar_t) eps(x_t, t)) + sigma_t z,
+    .. math:: x_{t-1} = \frac{1}{\sqrt{\alpha_t}}\Big(x_t - \frac{\beta_t}{\sqrt{1 - \bar\alpha_t}}\,
+              \epsilon_\theta(x_t, t)\Big) + \sigma_t z,
 
     with z ~ N(0, I) except at the last step (t = 0), which adds no noise. ``variance`` picks
     sigma_t^2 = beta_t (``"beta"``) or the posterior's beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t)

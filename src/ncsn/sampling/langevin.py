@@ -12,9 +12,12 @@ from ncsn.score import ScoreFn, needs_sigma, sigma_vector
 
 def langevin(score_fn: ScoreFn, x: torch.Tensor, step_size: float, n_steps: int, noise: bool = True,
              generator: torch.Generator | None = None, sigma=None, callback: Callback | None = None) -> torch.Tensor:
-    """Langevin dynamics: x <- x + step_size s(x) + sqrt(2 step_size) z, z ~ N(0, I), ``n_steps`` times.
+    r"""Langevin dynamics, ``n_steps`` times:
 
-    In the NCSN paper's notation (x <- x + eps/2 grad log p + sqrt(eps) z) step_size = eps/2.
+    .. math:: x \leftarrow x + \delta\, s(x) + \sqrt{2\delta}\, z, \qquad z \sim \mathcal{N}(0, I),
+
+    with :math:`\delta` = ``step_size``. In the NCSN paper's notation
+    (:math:`x \leftarrow x + \frac{\epsilon}{2} \nabla_x \log p(x) + \sqrt{\epsilon}\, z`) step_size = eps/2.
     ``noise=False`` gives gradient ascent on log p. A noise-conditional score is evaluated at
     ``sigma`` (scalar or ``(N,)``), which is then required unless the function gives its sigma a
     default (``s(x, sigma=0.0)`` without ``sigma`` is called as ``s(x)``). ``callback(0, step, x)`` runs after
@@ -65,12 +68,13 @@ def _annealed_steps(score, x: torch.Tensor, levels: list[float], step_lr: float,
 def annealed_langevin(score_fn: ScoreFn, x: torch.Tensor, sigmas, step_lr: float, n_steps_each: int,
                       denoise: bool = False, callback: Callback | None = None,
                       generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-    """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1).
+    r"""Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1).
 
-    For each level i = 1..L (``sigmas`` strictly decreasing), with alpha_i = step_lr sigma_i^2 / sigma_L^2,
-    run ``n_steps_each`` (T) steps of
+    For each level i = 1..L (``sigmas`` strictly decreasing), with
+    :math:`\alpha_i = \epsilon\, \sigma_i^2 / \sigma_L^2` (:math:`\epsilon` = ``step_lr``), run
+    ``n_steps_each`` (T) steps of
 
-        x <- x + alpha_i / 2 s(x, sigma_i) + sqrt(alpha_i) z,   z ~ N(0, I).
+    .. math:: x \leftarrow x + \frac{\alpha_i}{2}\, s(x, \sigma_i) + \sqrt{\alpha_i}\, z, \qquad z \sim \mathcal{N}(0, I).
 
     ``denoise=True`` ends with the Tweedie step x + sigma_L^2 s(x, sigma_L) (Jolicoeur-Martineau et al.
     2021; also used by NCSNv2), which removes the last level's noise. ``callback(level, step, x)`` is
@@ -155,7 +159,7 @@ def ancestral_etas(sigmas) -> list[float]:
 def consistent_annealing(score_fn: ScoreFn, x: torch.Tensor, sigmas, eta: float | None = None, denoise: bool = True,
                          callback: Callback | None = None, generator: torch.Generator | None = None,
                          progress: bool = False) -> torch.Tensor:
-    """Consistent annealed sampling (Jolicoeur-Martineau et al. 2021, "Adversarial Score Matching and
+    r"""Consistent annealed sampling (Jolicoeur-Martineau et al. 2021, "Adversarial Score Matching and
     Improved Sampling for Image Generation", Algorithm 2).
 
     Annealed Langevin dynamics (Algorithm 1) takes many steps at each level and still ends a level
@@ -164,7 +168,8 @@ def consistent_annealing(score_fn: ScoreFn, x: torch.Tensor, sigmas, eta: float 
     eta sigma_i^2 s(x, sigma_i) ~ -eta sigma_i z removes a fraction eta of the noise, and fresh noise
     of the size that brings it back to sigma_{i+1} is added:
 
-        x <- x + eta_i sigma_i^2 s(x, sigma_i) + beta_i sigma_{i+1} z,   beta_i = sqrt(1 - (1 - eta_i)^2 sigma_i^2 / sigma_{i+1}^2)
+    .. math:: x \leftarrow x + \eta_i \sigma_i^2\, s(x, \sigma_i) + \beta_i \sigma_{i+1} z, \qquad
+              \beta_i = \sqrt{1 - (1 - \eta_i)^2 \sigma_i^2 / \sigma_{i+1}^2}
 
     for i = 1..L-1 (the paper's eta is epsilon / sigma_L^2 with a constant ratio sigma_i / sigma_{i+1}).
     ``eta`` must lie in :func:`consistent_eta_range`. Its lower end adds no noise: CAS is then DDIM's

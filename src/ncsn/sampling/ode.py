@@ -12,12 +12,13 @@ SOLVERS = ("euler", "heun")
 
 def pf_ode(score_fn: ScoreFn, x: torch.Tensor, sigmas, solver: str = "heun", callback: Callback | None = None,
            progress: bool = False) -> torch.Tensor:
-    """Deterministic sampling along the probability-flow ODE (Song et al. 2021, eq. 13).
+    r"""Deterministic sampling along the probability-flow ODE (Song et al. 2021, eq. 13).
 
     For the VE process x = x0 + sigma z the ODE whose marginals are the perturbed data's p_sigma is
     (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models", eq. 4)
 
-        dx / dsigma = -sigma s(x, sigma)  (= (x - D(x, sigma)) / sigma with Tweedie's D = x + sigma^2 s),
+    .. math:: \frac{dx}{d\sigma} = -\sigma\, s(x, \sigma) = \frac{x - D(x, \sigma)}{\sigma}, \qquad
+              D(x, \sigma) = x + \sigma^2 s(x, \sigma) \ \text{(Tweedie's denoiser)},
 
     integrated from ``x`` at sigma_1 through the strictly decreasing ``sigmas`` (e.g.
     :func:`ncsn.sigmas.karras`) down to sigma = 0. With d_i = -sigma_i s(x, sigma_i) and
