@@ -3,17 +3,24 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# what the tests, the tutorial and the API reference need on top (pytest, pdoc, nbclient, ipykernel)
+DEV_STAMP := $(VENV)/.installed-test
 
 .PHONY: setup demo test bench docs tutorial clean
 
-setup: $(STAMP)
+setup: $(DEV_STAMP)
 
+# the package alone: all that `make demo` needs
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# The CPU build of torch that lies on this machine's disk; an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e .
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(DEV_STAMP)
 
 NCSN := $(VENV)/bin/ncsn
 
@@ -27,7 +34,7 @@ demo: $(STAMP)
 	$(NCSN) inpaint demo --n-images 6 --completions 5 --mask right --out demo/inpainting.png --set sampling.n_levels=100
 	$(NCSN) toy --dist mixture --objective ncsn --out demo/toy
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
@@ -35,12 +42,12 @@ bench: $(STAMP)
 
 # The API reference from the docstrings (pdoc) -> build/api/index.html. Fails on a pdoc warning or on a
 # public function, class, method or module without a docstring (tests/test_docs.py checks the same).
-docs: $(STAMP)
+docs: $(DEV_STAMP)
 	$(PY) docs/build_api.py build/api
 
 # The tutorial executed top to bottom in a fresh kernel -> build/tutorial.ipynb, with its figures (the
 # committed docs/tutorial.ipynb carries no outputs). Samples the `make demo` run when demo/ has one.
-tutorial: $(STAMP)
+tutorial: $(DEV_STAMP)
 	$(PY) docs/run_tutorial.py build/tutorial.ipynb
 
 clean:
