@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ncsn.data.toy import paper_mixture
+from ncsn.evaluation import load_real_images
 from ncsn.losses import exact_sm, sliced_sm
 
 
@@ -108,14 +109,6 @@ def spread(losses: list[float]) -> float:
     return float((tail.max() - tail.min()) / max(abs(float(np.median(tail))), 1e-12))
 
 
-def _digits_pixels() -> torch.Tensor:
-    """The training digits as ``(1500, 1, 8, 8)`` floats in [0, 1]: the raw grid of 17 grey levels."""
-    from ncsn.data.images import get_dataset
-
-    dataset = get_dataset("digits", train=True)
-    return dataset.get_batch(torch.arange(len(dataset)))
-
-
 def perturbed_bound(dim: int, noise_std: float) -> float:
     """The lowest value score matching can reach on data perturbed with N(0, noise_std^2 I) in ``dim``
     dimensions: J(theta) = 1/2 E||s - grad log q||^2 - 1/2 E||grad log q||^2 >= -1/2 I(q), and the Fisher
@@ -143,7 +136,7 @@ def manifold(settings: ManifoldSettings = MANIFOLD_FULL, seed: int = 0, device: 
     verdict.
     """
     device = torch.device(device)
-    data = _digits_pixels().to(device)
+    data = load_real_images("digits", None, "train", image_size=8, channels=1).to(device)  # 17 grey levels
     bound = perturbed_bound(data[0].numel(), settings.noise_std)
     curves = {}
     for name, noise in (("raw", 0.0), ("perturbed", settings.noise_std)):

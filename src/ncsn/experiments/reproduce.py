@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from ncsn.atomic import ensure_folder, write_bytes, write_text
-from ncsn.device import single_cpu_thread
+from ncsn.device import single_cpu_thread, synchronize
 from ncsn.errors import UserError
+from ncsn.experiments import pitfalls
 
 QUICK_NOTE = " [quick budget: checks the mechanics, not the finding]"
 
@@ -39,24 +40,17 @@ class Entry:
     run: Callable[..., dict]
 
 
-def _manifold(out: Path, quick: bool, seed: int, device: torch.device, progress: bool, run_dir) -> dict:
-    from ncsn.experiments import pitfalls
+def _pitfall(experiment: Callable[..., dict], plot: Callable, quick_settings, full_settings, figure: str):
+    """An entry's ``run`` for one of :mod:`ncsn.experiments.pitfalls`' experiments and its figure."""
 
-    settings = pitfalls.MANIFOLD_QUICK if quick else pitfalls.MANIFOLD_FULL
-    with single_cpu_thread(device):  # one thread: as fast for these small nets, and the same numbers anywhere
-        result = pitfalls.manifold(settings, seed=seed, device=device, progress=progress)
-    pitfalls.plot_manifold(result, out / "manifold.png")
-    return result
+    def run(out: Path, quick: bool, seed: int, device: torch.device, progress: bool, run_dir) -> dict:
+        settings = quick_settings if quick else full_settings
+        with single_cpu_thread(device):  # one thread: as fast for these small nets, and the same numbers anywhere
+            result = experiment(settings, seed=seed, device=device, progress=progress)
+        plot(result, out / figure)
+        return result
 
-
-def _low_density(out: Path, quick: bool, seed: int, device: torch.device, progress: bool, run_dir) -> dict:
-    from ncsn.experiments import pitfalls
-
-    settings = pitfalls.LOW_DENSITY_QUICK if quick else pitfalls.LOW_DENSITY_FULL
-    with single_cpu_thread(device):
-        result = pitfalls.low_density(settings, seed=seed, device=device, progress=progress)
-    pitfalls.plot_low_density(result, out / "low-density.png")
-    return result
+    return run
 
 
 def _mixture(out: Path, quick: bool, seed: int, device: torch.device, progress: bool, run_dir) -> dict:
@@ -97,7 +91,7 @@ def nearest_distances(samples: torch.Tensor, reference: torch.Tensor) -> torch.T
 
 
 def _annealing_strip(out: Path, quick: bool, seed: int, device: torch.device, progress: bool, run_dir) -> dict:
-    from ncsn.data.images import get_dataset
+    from ncsn.evaluation import load_real_images
     from ncsn.generate import generate, load_model_for_sampling, sampler_settings
     from ncsn.plotting import save_strip
 
@@ -110,10 +104,9 @@ def _annealing_strip(out: Path, quick: bool, seed: int, device: torch.device, pr
     samples, levels = generate(model, config, n, seed=seed, progress=progress, strip=n)
     levels = levels + [samples]
     save_strip([level[:8] for level in levels], out / "annealing-strip.png")
-    train_images = get_dataset("digits", train=True)
-    reference = train_images.get_batch(torch.arange(len(train_images)))
-    held_out = get_dataset("digits", train=False)
-    real = nearest_distances(held_out.get_batch(torch.arange(n)), reference).mean().item()
+    reference = load_real_images("digits", None, "train", image_size=8, channels=1)
+    held_out = load_real_images("digits", None, "test", image_size=8, channels=1, limit=n)
+    real = nearest_distances(held_out, reference).mean().item()
     distances = [nearest_distances(level, reference).mean().item() for level in levels]
     reproduced = distances[-1] < distances[0] and distances[-1] < 2.0 * real
     verdict = (f"{'reproduced' if reproduced else 'not reproduced'}: the mean distance to the nearest training digit "
@@ -155,13 +148,15 @@ PAPER_NUMBERS = {
 
 def cifar10_plan(device: torch.device, measure: bool) -> dict:
     """The commands that produce NCSN's CIFAR-10 row of Table 1 (training from scratch, or from the authors'
-    released checkpoint through ``ncsn import``), what they cost, and whether this machine can run them. With ``measure``, one timed forward pass of the CIFAR-10 RefineNet on ``device`` prices them."""
+    released checkpoint through ``ncsn import``), what they cost, and whether this machine can run them. With
+    ``measure``, one timed forward pass of the CIFAR-10 RefineNet on ``device`` prices them."""
     from ncsn.config import load_config, packaged_config
     from ncsn.data.images import _find_cifar
+    from ncsn.generate import nfe_of
 
     config = load_config(packaged_config("cifar10"))
-    t, s = config["training"], config["sampling"]
-    nfe = config["model"]["num_classes"] * s["n_steps_each"]
+    t = config["training"]
+    nfe = nfe_of(config)
     commands = [
         "ncsn train configs/cifar10.yaml --workdir runs/c10 --procs auto",
         "ncsn sample runs/c10 --n 50000 --npz runs/c10/samples.npz --out runs/c10/samples.png --procs auto",
@@ -178,10 +173,9 @@ def cifar10_plan(device: torch.device, measure: bool) -> dict:
             "network_evaluations_per_sample": nfe}
     if measure:
         cost |= _price(config, device, nfe)
-    has_gpu = torch.cuda.is_available()
     root = Path(config["data"]["root"])
-    return {"commands": commands, "from_released_checkpoint": released, "cost": cost, "paper": PAPER_NUMBERS, "has_gpu": has_gpu,
-            "has_cifar10": _find_cifar(root) is not None, "data_root": str(root)}
+    return {"commands": commands, "from_released_checkpoint": released, "cost": cost, "paper": PAPER_NUMBERS,
+            "has_gpu": torch.cuda.is_available(), "has_cifar10": _find_cifar(root) is not None, "data_root": str(root)}
 
 
 def _price(config: dict, device: torch.device, nfe: int, batch: int = 8) -> dict:
@@ -195,12 +189,10 @@ def _price(config: dict, device: torch.device, nfe: int, batch: int = 8) -> dict
     sigma = make_sigmas(config)[-1].expand(batch).to(device)
     with torch.no_grad():
         for _ in range(2):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             model(x, sigma)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            synchronize(device)
             per_image = (time.perf_counter() - start) / batch
     t = config["training"]
     train_hours = 3 * per_image * t["n_iters"] * t["batch_size"] / 3600
@@ -221,9 +213,13 @@ def _cifar10_table(out: Path, quick: bool, seed: int, device: torch.device, prog
 
 ENTRIES = {entry.name: entry for entry in (
     Entry("manifold", "NCSN Figure 1: sliced score matching on raw data fluctuates; on data + N(0, 0.01^2) it "
-                      "decreases smoothly (the manifold hypothesis)", _manifold),
+                      "decreases smoothly (the manifold hypothesis)",
+          _pitfall(pitfalls.manifold, pitfalls.plot_manifold, pitfalls.MANIFOLD_QUICK, pitfalls.MANIFOLD_FULL,
+                   "manifold.png")),
     Entry("low-density", "NCSN Figure 2: a learned score is accurate near the modes and inaccurate where the data "
-                         "density is low", _low_density),
+                         "density is low",
+          _pitfall(pitfalls.low_density, pitfalls.plot_low_density, pitfalls.LOW_DENSITY_QUICK,
+                   pitfalls.LOW_DENSITY_FULL, "low-density.png")),
     Entry("mixture", "NCSN Figure 3: on 1/5 N((-5,-5), I) + 4/5 N((5,5), I), Langevin dynamics gets the modes' "
                      "weights wrong, annealed Langevin dynamics gets them right", _mixture),
     Entry("annealing-strip", "NCSN Figure 4: annealed Langevin dynamics turns noise into digits level by level",
