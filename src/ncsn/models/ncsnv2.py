@@ -60,8 +60,6 @@ class NCSNv2(RefineCascade):
         reference = check_numerics(numerics) == 2
         super().__init__(channels, ngf, NCSNV2_STAGES[arch], uncond_norm(unbiased=reference), no_norm(),
                          align_corners=reference, pool="max")
-        self.arch = arch
-        self.numerics = numerics
 
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
         self.check_input(x)

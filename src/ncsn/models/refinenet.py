@@ -136,9 +136,8 @@ class RefineNet(RefineCascade):
                  numerics: int = 1):
         sigmas = _check_sigmas(sigmas)
         reference = check_numerics(numerics) == 2
-        super().__init__(channels, ngf, NCSN_STAGES, cond_norm(sigmas.shape[0], unbiased=reference),
-                         cond_norm(sigmas.shape[0], unbiased=reference), align_corners=reference, pool="avg")
-        self.numerics = numerics
+        norm = cond_norm(sigmas.shape[0], unbiased=reference)  # the same conditional norm in stages and refine blocks
+        super().__init__(channels, ngf, NCSN_STAGES, norm, norm, align_corners=reference, pool="avg")
         self.scale_by_sigma = bool(scale_by_sigma)
         self.register_buffer("sigmas", sigmas)
 
