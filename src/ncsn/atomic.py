@@ -104,3 +104,12 @@ def write_text(path: str | Path, text: str) -> Path:
     with atomic_write(path, "w") as handle:
         handle.write(text)
     return Path(path)
+
+
+def write_npz(path: str | Path, compressed: bool = False, **arrays) -> Path:
+    """``np.savez`` (``np.savez_compressed`` with ``compressed``) of ``arrays`` to ``path`` atomically."""
+    import numpy as np
+
+    with atomic_write(path) as handle:
+        (np.savez_compressed if compressed else np.savez)(handle, **arrays)
+    return Path(path)

@@ -148,7 +148,7 @@ def read_state(path: str | Path, map_location="cpu", required: tuple[str, ...] =
     return migrate(state, path)
 
 
-def load_state(target: str | Path, map_location="cpu", read=None, quiet: bool = False) -> tuple[dict, Path]:
+def load_state(target: str | Path, map_location="cpu", read=None) -> tuple[dict, Path]:
     """A checkpoint file, or a run's newest *readable* one (the others skipped with a note), with its path.
 
     ``read(path)`` (default :func:`read_state`) loads one file and raises :class:`CheckpointError` for
@@ -157,7 +157,7 @@ def load_state(target: str | Path, map_location="cpu", read=None, quiet: bool = 
     read = read or (lambda path: read_state(path, map_location))
     target = Path(target)
     if target.is_dir():
-        return ckpt.load_newest(target, read, quiet=quiet)
+        return ckpt.load_newest(target, read)
     if target.is_file():
         return read(target), target
     raise CheckpointError(f"checkpoint or run directory not found: {target}")

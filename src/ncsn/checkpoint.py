@@ -145,11 +145,11 @@ def load_checkpoint(target: str | Path, map_location="cpu") -> dict:
     return load_weights(resolve_checkpoint(target), "checkpoint", map_location)
 
 
-def load_newest(workdir: str | Path, read, quiet: bool = False):
+def load_newest(workdir: str | Path, read):
     """``(read(path), path)`` for the newest checkpoint of a run that ``read`` accepts.
 
     ``read`` raises :class:`CheckpointError` for a file it cannot use; such files are skipped
-    (never deleted) and named in one note on stderr (unless ``quiet``). When none can be used,
+    (never deleted) and named in one note on stderr (rank 0's, under torchrun). When none can be used,
     the error says why for each.
     """
     found = list_checkpoints(workdir)
@@ -162,7 +162,7 @@ def load_newest(workdir: str | Path, read, quiet: bool = False):
         except CheckpointError as err:
             skipped.append(str(err))
             continue
-        if skipped and not quiet:
+        if skipped:
             note(f"using {path.name}, the newest readable checkpoint; skipped (not deleted): {'; '.join(skipped)}")
         return result, path
     raise CheckpointError(f"no readable checkpoint in {checkpoint_dir(workdir)}: {'; '.join(skipped)}")

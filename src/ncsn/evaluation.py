@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ncsn.atomic import atomic_write, write_text
+from ncsn.atomic import write_npz, write_text
 from ncsn.errors import UserError
 
 METRICS = ("fid", "is", "kid", "pr", "dc", "bpd")
@@ -206,9 +206,8 @@ def real_features(extractor, dataset: str, root: str | None, split: str, image_s
         return {**cached, "n": int(cached["features"].shape[0]), "cache": str(path)}
     images = data.get_batch(torch.arange(n))
     out = extractor.extract(images, progress=progress)
-    with atomic_write(path) as handle:
-        np.savez(handle, features=out["features"].astype(np.float32), probs=out["probs"].astype(np.float32),
-                 key=np.array(key))
+    write_npz(path, features=out["features"].astype(np.float32), probs=out["probs"].astype(np.float32),
+              key=np.array(key))
     return {"features": out["features"], "probs": out["probs"], "n": int(images.shape[0]), "cache": str(path)}
 
 

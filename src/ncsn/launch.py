@@ -39,14 +39,16 @@ def available_cpus() -> int:
 
 def resolve_procs(value: str, device: str = "auto", batch_size: int | None = None) -> int:
     """The number of processes ``--procs`` asks for (see the module docstring)."""
+    import argparse
+
+    from ncsn.argtypes import procs as procs_argument
+
+    try:
+        value = procs_argument(value)  # the command line's own check, for callers that bypass it
+    except argparse.ArgumentTypeError as err:
+        raise UserError(f"--procs {err}") from None
     if value != "auto":
-        try:
-            procs = int(value)
-        except ValueError:
-            raise UserError(f"--procs must be a positive integer or auto, got {value!r}") from None
-        if procs < 1:
-            raise UserError(f"--procs must be a positive integer or auto, got {value!r}")
-        return procs
+        return int(value)
     import torch
 
     wants_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())

@@ -269,7 +269,7 @@ def resume_state(config: dict, workdir: Path, ctx: distributed.Context) -> dict:
         check_architecture(state["config"], config, path)
         return state
 
-    state, _ = load_state(workdir, read=read, quiet=not ctx.is_main)
+    state, _ = load_state(workdir, read=read)
     return state
 
 

@@ -215,7 +215,7 @@ def checkpoints_to_evaluate(args, ctx):
         yield loaded
     if len(skipped) == len(found):
         raise CheckpointError(f"no readable checkpoint in {ckpt.checkpoint_dir(args.target)}: {'; '.join(skipped)}")
-    if skipped and ctx.is_main:
+    if skipped:
         note(f"evaluated {len(found) - len(skipped)} of {len(found)} checkpoints; skipped (not deleted): "
              f"{'; '.join(skipped)}")
 

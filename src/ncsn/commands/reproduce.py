@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ncsn.argtypes import nonnegative_int
+
 
 def add_parser(subparsers) -> None:
     """Register ``ncsn reproduce`` and its options with the CLI's ``subparsers``."""
@@ -17,7 +19,7 @@ def add_parser(subparsers) -> None:
                    help="a budget of seconds per entry: checks the mechanics, not the finding")
     p.add_argument("--run", metavar="RUN_DIR",
                    help="annealing-strip: sample this trained digits run instead of training one")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

@@ -51,7 +51,7 @@ def run(args) -> int:
     import numpy as np
 
     from ncsn import distributed
-    from ncsn.atomic import atomic_write
+    from ncsn.atomic import write_npz
     from ncsn.device import resolve_device
     from ncsn.generate import generate, load_model_for_sampling, sampler_settings
     from ncsn.plotting import save_image_grid, save_strip
@@ -74,9 +74,8 @@ def run(args) -> int:
     written = [args.out]
     if args.npz:
         provenance = {**info, "seed": args.seed, **sampler_settings(config)}
-        with atomic_write(args.npz) as handle:
-            np.savez_compressed(handle, samples=samples.numpy().astype(np.float32),
-                                provenance=np.array(json.dumps(provenance)))
+        write_npz(args.npz, compressed=True, samples=samples.numpy().astype(np.float32),
+                  provenance=np.array(json.dumps(provenance)))
         written.append(args.npz)
     if levels:
         # these two end with Tweedie's step after their last level: show its result too

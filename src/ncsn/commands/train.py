@@ -34,16 +34,15 @@ def run(args) -> int:
     if code is not None:
         return code
     summary = train(config, args.workdir, resume=args.resume, device=args.device, progress=not args.no_progress)
-    if summary is None:
-        return 0
-    if not summary.get("main", True):  # the other ranks: rank 0 reports
-        return 128 + int(summary["signal"] or 2) if summary["status"] == "interrupted" else 0
+    reports = summary["main"]  # under torchrun only rank 0 reports
     if summary["status"] == "interrupted":
-        name = signal.Signals(summary["signal"]).name if summary["signal"] else "signal"
-        print(f"ncsn train: {name} received: checkpoint saved at step {summary['step']} in {args.workdir}; "
-              f"continue with --resume", file=sys.stderr)
+        if reports:
+            name = signal.Signals(summary["signal"]).name if summary["signal"] else "signal"
+            print(f"ncsn train: {name} received: checkpoint saved at step {summary['step']} in {args.workdir}; "
+                  f"continue with --resume", file=sys.stderr)
         return 128 + int(summary["signal"] or 2)
-    loss = summary["loss"]
-    print(f"trained to step {summary['step']} in {summary['seconds']:.1f} s"
-          f"{'' if loss is None else f', loss {loss:.4f}'}; checkpoints in {args.workdir}/checkpoints")
+    if reports:
+        loss = summary["loss"]
+        print(f"trained to step {summary['step']} in {summary['seconds']:.1f} s"
+              f"{'' if loss is None else f', loss {loss:.4f}'}; checkpoints in {args.workdir}/checkpoints")
     return 0

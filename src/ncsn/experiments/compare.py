@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ncsn.atomic import ensure_folder, write_text
+from ncsn.atomic import ensure_folder, write_npz, write_text
 from ncsn.errors import UserError
 
 
@@ -213,17 +213,9 @@ def sample_rung(model_dir: Path, config: dict, path: Path, n: int, seed: int, de
     began = time.perf_counter()
     samples = generate(model, saved_config, n, seed=seed, progress=progress)
     seconds = time.perf_counter() - began
-    write_npz_atomic(path, samples=samples.numpy().astype(np.float32), key=np.array(json.dumps(key)),
-                     seconds=np.array(seconds))
+    write_npz(path, compressed=True, samples=samples.numpy().astype(np.float32), key=np.array(json.dumps(key)),
+              seconds=np.array(seconds))
     return samples, seconds, key
-
-
-def write_npz_atomic(path: Path, **arrays) -> None:
-    """``np.savez_compressed`` to ``path`` atomically."""
-    from ncsn.atomic import atomic_write
-
-    with atomic_write(path) as handle:
-        np.savez_compressed(handle, **arrays)
 
 
 def estimate_seconds(models: dict[str, dict], done: dict[str, int], rungs: list[tuple[Rung, dict]],

@@ -216,11 +216,9 @@ def save_stats(path: str | os.PathLike, mu, sigma, /, **meta) -> Path:
     clash = {"mu", "sigma"} & set(meta)
     if clash:
         raise MetricInputError(f"metadata keys {sorted(clash)} are reserved for the statistics")
-    from ncsn.atomic import atomic_write
+    from ncsn.atomic import write_npz
 
-    with atomic_write(path) as handle:
-        np.savez(handle, mu=mu, sigma=sigma, **{k: np.array(str(v)) for k, v in meta.items()})
-    return Path(path)
+    return write_npz(path, mu=mu, sigma=sigma, **{k: np.array(str(v)) for k, v in meta.items()})
 
 
 def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:

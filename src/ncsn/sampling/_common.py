@@ -40,8 +40,11 @@ def decreasing_levels(sigmas) -> list[float]:
 
 def bound_score(score_fn: ScoreFn) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``score_fn`` as a two-argument function, its arity resolved once (not per step)."""
-    if takes_sigma(score_fn):
-        return score_fn
+    return score_fn if takes_sigma(score_fn) else without_sigma(score_fn)
+
+
+def without_sigma(score_fn: ScoreFn) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``score_fn`` called as ``score_fn(x)`` from the samplers' two-argument form (the sigma is dropped)."""
     return lambda x, _sigma: score_fn(x)
 
 

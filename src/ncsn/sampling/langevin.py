@@ -7,7 +7,7 @@ import math
 import torch
 
 from ncsn.sampling._common import (Callback, ProgressBar, bound_score, check_positive, check_steps, decreasing_levels,
-                                   level_vectors, tweedie_denoise)
+                                   level_vectors, tweedie_denoise, without_sigma)
 from ncsn.score import ScoreFn, needs_sigma, sigma_vector
 
 def langevin(score_fn: ScoreFn, x: torch.Tensor, step_size: float, n_steps: int, noise: bool = True,
@@ -28,7 +28,7 @@ def langevin(score_fn: ScoreFn, x: torch.Tensor, step_size: float, n_steps: int,
     if needs_sigma(score_fn, sigma):
         score, sigma_vec = score_fn, sigma_vector(sigma, x)
     else:  # unconditional, or its sigma is optional and none was given
-        score, sigma_vec = (lambda v, _sigma: score_fn(v)), None
+        score, sigma_vec = without_sigma(score_fn), None
     noise_scale = math.sqrt(2.0 * step_size)
     with torch.no_grad():
         x = x.detach().clone()
