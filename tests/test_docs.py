@@ -1,29 +1,18 @@
 """The API reference: every public name has a docstring, and pdoc renders the package without a warning."""
 
-import importlib.util
 import re
 import sys
 import textwrap
-from pathlib import Path
 
+import build_api
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(scope="module")
-def build_api():
-    spec = importlib.util.spec_from_file_location("build_api", ROOT / "docs" / "build_api.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_every_public_name_has_a_docstring(build_api):
+def test_every_public_name_has_a_docstring():
     assert build_api.missing_docstrings() == []
 
 
-def test_a_missing_docstring_fails_the_build(build_api, tmp_path, monkeypatch):
+def test_a_missing_docstring_fails_the_build(tmp_path, monkeypatch):
     package = tmp_path / "undocumented"
     package.mkdir()
     (package / "__init__.py").write_text('"""A package."""\n')
@@ -53,7 +42,7 @@ def test_a_missing_docstring_fails_the_build(build_api, tmp_path, monkeypatch):
         build_api.build(tmp_path / "api", "undocumented")
 
 
-def test_api_reference_builds_without_warnings_with_math(build_api, tmp_path):
+def test_api_reference_builds_without_warnings_with_math(tmp_path):
     out = build_api.build(tmp_path / "api")
     pages = {path.relative_to(out).with_suffix("").as_posix().replace("/", ".") for path in out.rglob("*.html")}
     missing = [name for name in build_api.public_modules() if name not in pages]

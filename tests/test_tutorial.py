@@ -1,22 +1,15 @@
 """The tutorial (docs/tutorial.ipynb) runs top to bottom in a fresh kernel, within its budget, and every
 section's figure comes from its executed cells (the committed notebook carries no outputs)."""
 
-import importlib.util
 from pathlib import Path
 
 import nbformat
 import pytest
+import run_tutorial
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = 9
 BUDGET_SECONDS = 600  # the issue's limit on a 2-core CPU; it takes about two minutes
-
-
-def _runner():
-    spec = importlib.util.spec_from_file_location("run_tutorial", ROOT / "docs" / "run_tutorial.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _images_per_section(notebook) -> dict[int, int]:
@@ -45,7 +38,7 @@ def test_committed_tutorial_has_no_outputs():
 
 @pytest.mark.slow
 def test_tutorial_executes_with_a_figure_in_every_section(tmp_path):
-    notebook, seconds = _runner().execute(tmp_path / "tutorial.ipynb", work=tmp_path / "work", use_demo=False)
+    notebook, seconds = run_tutorial.execute(tmp_path / "tutorial.ipynb", work=tmp_path / "work", use_demo=False)
     assert seconds < BUDGET_SECONDS
     errors = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
               if output.output_type == "error"]
